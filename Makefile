@@ -30,13 +30,14 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/lmforge demo
+	$(BIN)/python -m pipelines.demo
 
 test: install
 	$(BIN)/python -m pytest -q
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -c "from pipelines.demo import prepare_instance_dir; prepare_instance_dir()"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:

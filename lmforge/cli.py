@@ -25,7 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lmforge.evaluate.harness", "evaluate a model with lm-evaluation-harness"),
     "humaneval-exec": ("lmforge.evaluate.sandbox", "run HumanEval completions in a sandbox, print pass@k"),
     "report": ("lmforge.report.report", "write the markdown report of a pipeline run"),
-    "demo": ("pipelines.demo", "materialize the whole graph with the tiny preset"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The graph: thin Dagster assets over the lmforge engine, one module per stage group."""

@@ -1,0 +1,58 @@
+"""Tokenizer and token shards: the deduplicated corpus turned into training input."""
+
+
+import dagster as dg
+
+from lmforge.io import read_json
+from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
+from lmforge.tokenize.shards import ShardConfig, tokenize_documents
+from resources import ArtifactStore, dagster_config, engine_config
+
+TokenizerRunConfig = dagster_config(TokenizerConfig, "TokenizerRunConfig")
+TokenShardsConfig = dagster_config(ShardConfig, "TokenShardsConfig")
+
+# Below this many bytes per token a byte-level BPE has learned almost no merges.
+MIN_BYTES_PER_TOKEN = 2.0
+
+
+def corpus_path(store: ArtifactStore):
+    return store.path("deduplicated_documents", "documents.parquet")
+
+
+@dg.asset(code_version="bpe-1", group_name="tokenizer", kinds={"huggingface"},
+          deps=["deduplicated_documents"])
+def tokenizer(config: TokenizerRunConfig, store: ArtifactStore) -> dg.MaterializeResult:
+    """A byte-level BPE tokenizer with chat special tokens and a ChatML template."""
+    out = store.path("tokenizer", "tokenizer")
+    stats = train_tokenizer(corpus_path(store), out, engine_config(TokenizerConfig, config))
+    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+
+
+@dg.asset(code_version="shards-1", group_name="tokenizer", kinds={"numpy"}, deps=[tokenizer])
+def token_shards(config: TokenShardsConfig, store: ArtifactStore) -> dg.MaterializeResult:
+    """Train and validation token arrays, memory-mapped by the training processes."""
+    out = store.path("token_shards", "shards")
+    stats = tokenize_documents(corpus_path(store), store.path("tokenizer", "tokenizer"), out,
+                               engine_config(ShardConfig, config))
+    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+
+
+@dg.asset_check(asset=tokenizer, blocking=True)
+def tokenizer_compresses(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """A tokenizer whose compression collapsed (about one byte per token) is not worth training on."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("tokenizer"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    value = meta.get("bytes_per_token")
+    bpt = float(value.value) if value is not None else 0.0
+    return dg.AssetCheckResult(passed=bpt >= MIN_BYTES_PER_TOKEN,
+                               metadata={"bytes_per_token": bpt, "minimum": MIN_BYTES_PER_TOKEN})
+
+
+@dg.asset_check(asset=token_shards, blocking=True)
+def token_shards_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
+    shards = store.path("token_shards", "shards")
+    counts = {}
+    for split in ("train", "val"):
+        header = shards / f"{split}.json"
+        counts[f"{split}_tokens"] = int(read_json(header)["num_tokens"]) if header.exists() else 0
+    return dg.AssetCheckResult(passed=all(v > 0 for v in counts.values()), metadata=counts)

@@ -1,0 +1,201 @@
+"""The report of a pipeline run: data funnel, training curves and evaluation table, in markdown.
+
+Inputs are the files the stages already write (Parquet documents, ``metrics.jsonl``,
+``summary.json`` of each training and evaluation), so the report can be rebuilt at any time
+from an artifact directory: ``lmforge report --artifacts artifacts --out artifacts/report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.io import atomic_path, count_rows
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows; any part may be missing (it is then said so)."""
+
+    funnel: list[tuple[str, Path]] = field(default_factory=list)  # (stage, documents Parquet)
+    tokenizer_dir: Path | None = None
+    trainings: dict[str, Path] = field(default_factory=dict)  # name -> run dir (metrics.jsonl, summary.json)
+    evaluations: dict[str, Path] = field(default_factory=dict)  # name -> dir with summary.json
+
+    @classmethod
+    def from_artifacts(cls, root: Path) -> "ReportInputs":
+        """The layout the Dagster assets write (one directory per asset under ``root``)."""
+        root = Path(root)
+        stages = ["extracted_documents", "filtered_documents", "deduplicated_documents"]
+        return cls(
+            funnel=[(s, root / s / "documents.parquet") for s in stages],
+            tokenizer_dir=root / "tokenizer" / "tokenizer",
+            trainings={"pretrain": root / "pretrained_model" / "run",
+                       "sft": root / "sft_model" / "run",
+                       "lora": root / "lora_adapter" / "adapter"},
+            evaluations={"base": root / "base_model_eval" / "results",
+                         "sft": root / "sft_model_eval" / "results",
+                         "lora": root / "lora_model_eval" / "results"},
+        )
+
+
+@dataclass
+class ReportStats:
+    path: Path
+    funnel: dict[str, int]
+    final_losses: dict[str, float]
+    eval_scores: dict[str, dict[str, float]]
+
+    def to_metadata(self) -> dict:
+        return {"report": str(self.path), "documents": self.funnel,
+                "final_losses": self.final_losses, "eval_scores": self.eval_scores}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_summary(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else str(x)
+    return str(x)
+
+
+def _plot_losses(curves: dict[str, list[dict]], out_png: Path) -> bool:
+    curves = {k: v for k, v in curves.items() if any("loss" in r for r in v)}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the report is written to files
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], curves.items()):
+        pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="train")
+        val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+        if val:
+            ax.plot([p[0] for p in val], [p[1] for p in val], "o-", label="val")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
+    """Write ``report.md`` and ``loss_curves.png`` into ``out_dir`` (atomically, as one directory)."""
+    out_dir = Path(out_dir)
+    lines = ["# lmforge run report", ""]
+
+    lines += ["## Data funnel", "", "| stage | documents | kept of previous |", "| --- | ---: | ---: |"]
+    funnel: dict[str, int] = {}
+    previous = None
+    for stage, path in inputs.funnel:
+        if not Path(path).exists():
+            lines.append(f"| {stage} | missing | |")
+            continue
+        n = count_rows(path)
+        funnel[stage] = n
+        share = f"{n / previous:.1%}" if previous else ""
+        lines.append(f"| {stage} | {n} | {share} |")
+        previous = n
+    lines.append("")
+
+    if inputs.tokenizer_dir and (Path(inputs.tokenizer_dir) / "tokenizer.json").exists():
+        vocab = json.loads((Path(inputs.tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+        lines += ["## Tokenizer", "", f"Byte-level BPE, {len(vocab)} tokens in the vocabulary "
+                  "(plus special tokens).", ""]
+
+    lines += ["## Training", "", "| run | steps | first loss | final loss | val loss | tokens/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    curves, final_losses = {}, {}
+    for name, run_dir in inputs.trainings.items():
+        run_dir = Path(run_dir)
+        summary = _read_summary(run_dir / "summary.json")
+        curves[name] = _read_jsonl(run_dir / "metrics.jsonl")
+        if not summary:
+            lines.append(f"| {name} | not run | | | | |")
+            continue
+        final_losses[name] = summary.get("final_loss")
+        lines.append("| " + " | ".join(_fmt(x) for x in (
+            name, summary.get("steps", ""), summary.get("first_loss", ""),
+            summary.get("final_loss", ""), summary.get("final_val_loss", ""),
+            summary.get("tokens_per_s", ""))) + " |")
+    lines.append("")
+
+    eval_scores: dict[str, dict[str, float]] = {}
+    lines += ["## Evaluation", ""]
+    tasks: list[str] = []
+    summaries = {}
+    for name, d in inputs.evaluations.items():
+        s = _read_summary(Path(d) / "summary.json")
+        summaries[name] = s
+        eval_scores[name] = s.get("scores", {})
+        for t in list(s.get("scores", {})) + list(s.get("skipped", {})):
+            if t not in tasks:
+                tasks.append(t)
+    if tasks:
+        lines += ["| model | " + " | ".join(tasks) + " |", "| --- |" + " ---: |" * len(tasks)]
+        for name, s in summaries.items():
+            cells = []
+            for t in tasks:
+                if t in s.get("scores", {}):
+                    cells.append(_fmt(s["scores"][t]))
+                elif t in s.get("skipped", {}):
+                    cells.append("skipped")
+                else:
+                    cells.append("")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        skipped = {(t, r) for s in summaries.values() for t, r in s.get("skipped", {}).items()}
+        if skipped:
+            lines += ["", "Skipped:"] + [f"- {t}: {r}" for t, r in sorted(skipped)]
+    else:
+        lines.append("No evaluation results.")
+    lines.append("")
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        if _plot_losses(curves, tmp / "loss_curves.png"):
+            lines[lines.index("## Training") + 1:lines.index("## Training") + 1] = [
+                "", "![loss curves](loss_curves.png)"]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+    return ReportStats(out_dir / "report.md", funnel, final_losses, eval_scores)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lmforge report",
+        description="Write the markdown report (data funnel, loss curves, evaluation table) of "
+        "the artifacts of a pipeline run.")
+    parser.add_argument("--artifacts", default="artifacts",
+                        help="the artifact store directory of the run (default: artifacts)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default: ARTIFACTS/pipeline_report)")
+    args = parser.parse_args(argv)
+    root = Path(args.artifacts)
+    if not root.is_dir():
+        print(f"lmforge report: no artifact directory at {root}", file=sys.stderr)
+        return 2
+    stats = write_report(ReportInputs.from_artifacts(root),
+                         Path(args.out) if args.out else root / "pipeline_report")
+    print(stats.path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

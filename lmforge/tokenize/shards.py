@@ -1,0 +1,244 @@
+"""Tokenize the documents into flat, memory-mapped token arrays for pretraining.
+
+    lmforge tokenize documents.parquet tokens/ --tokenizer tokenizer/
+
+Output directory:
+
+    train.bin   val.bin     every document's token ids followed by the eos id, concatenated:
+                            a flat little-endian uint16 array (uint32 when the vocabulary has
+                            65536 ids or more), read with ``load_tokens`` (np.memmap, no copy)
+    train.json  val.json    header: {"dtype", "num_tokens", "num_documents", "vocab_size",
+                            "eos_id", "tokenizer", "tokenizer_sha256"}
+    val.parquet             the held-out documents (id, url, text), for bits-per-byte evaluation
+    stats.json              the ShardStats of the run
+
+The split is by a hash of the document id (``bpe.heldout_ids``, the rule the tokenizer used to
+hold documents out), so it is the same on every run and every machine, and adding documents
+never moves an old one between splits. Text goes through the Rust tokenizer in batches
+(``encode_batch_fast``, parallel over documents); Python touches whole arrays, never one token.
+Special-token strings inside document text (say a page quoting "<|endoftext|>") are encoded as
+plain text, so a document can never inject an eos or a chat marker.
+
+The whole directory is written atomically: a crash leaves the previous output (or nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from lmforge.io import atomic_path, parquet_files
+from lmforge.tokenize.bpe import EOS_TOKEN, error_line, heldout_ids
+
+SPLITS = ("train", "val")
+VAL_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
+
+
+class ShardConfig(BaseModel):
+    """How to split and tokenize. Defaults are the ``tiny`` preset."""
+
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0,
+                                description="fraction of documents (by id hash) in the val split")
+    seed: int = Field(0, description="salt of the id hash; keep equal to the tokenizer's seed")
+    batch_rows: int = Field(1000, ge=1, description="documents tokenized per encode_batch call")
+
+
+@dataclass
+class ShardStats:
+    train_tokens: int
+    val_tokens: int
+    train_documents: int
+    val_documents: int
+    skipped_empty_documents: int
+    bytes_per_token: float  # UTF-8 bytes of text per token (eos not counted)
+    tokens_per_second: float
+    seconds: float
+    dtype: str
+    vocab_size: int
+    eos_id: int
+    out_dir: str
+
+    def to_metadata(self) -> dict:
+        return asdict(self)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids < 65536 and halves the bytes read per step; larger vocabularies need uint32."""
+    return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_fast_tokenizer(tokenizer_dir: Path):
+    """The raw ``tokenizers.Tokenizer`` from ``tokenizer.json`` and its eos id."""
+    from tokenizers import Tokenizer
+
+    path = tokenizer_dir / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {tokenizer_dir}")
+    tok = Tokenizer.from_file(str(path))
+    eos = EOS_TOKEN
+    config = tokenizer_dir / "tokenizer_config.json"
+    if config.is_file():  # a tokenizer trained elsewhere may name its eos differently
+        eos_entry = json.loads(config.read_text()).get("eos_token", EOS_TOKEN)
+        eos = eos_entry.get("content", EOS_TOKEN) if isinstance(eos_entry, dict) else eos_entry
+    eos_id = tok.token_to_id(eos)
+    if eos_id is None:
+        raise ValueError(f"{path}: eos token {eos!r} is not in the vocabulary")
+    tok.encode_special_tokens = True  # document text cannot produce special-token ids
+    return tok, eos_id
+
+
+def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                       out_dir: str | os.PathLike, cfg: ShardConfig | None = None) -> ShardStats:
+    """Tokenize ``docs_path`` (Parquet: id, url, text) into ``out_dir`` (see the module doc)."""
+    cfg = cfg or ShardConfig()
+    tokenizer_dir = Path(tokenizer_dir).resolve()
+    tok, eos_id = _load_fast_tokenizer(tokenizer_dir)
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    val_ids = heldout_ids(docs_path, cfg.val_fraction, cfg.seed)
+    eos = np.array([eos_id], dtype=dtype)
+
+    tokens = {s: 0 for s in SPLITS}
+    docs = {s: 0 for s in SPLITS}
+    n_bytes = skipped = 0
+    t0 = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        last_report = t0
+        # val.parquet is streamed too: 5 % of a large corpus is still too much text to hold.
+        with open(tmp / "train.bin", "wb") as f_train, open(tmp / "val.bin", "wb") as f_val, \
+                pq.ParquetWriter(tmp / "val.parquet", VAL_SCHEMA) as val_writer:
+            files = {"train": f_train, "val": f_val}
+            for file in parquet_files(docs_path):
+                pf = pq.ParquetFile(file)
+                missing = {"id", "text"} - set(pf.schema_arrow.names)
+                if missing:
+                    raise ValueError(f"{file}: missing column(s) {sorted(missing)}")
+                has_url = "url" in pf.schema_arrow.names
+                columns = ["id", "url", "text"] if has_url else ["id", "text"]
+                for batch in pf.iter_batches(columns=columns, batch_size=cfg.batch_rows):
+                    rows = batch.to_pydict()
+                    ids = [str(i) for i in rows["id"]]
+                    urls = rows["url"] if has_url else [""] * len(ids)
+                    keep = [k for k, t in enumerate(rows["text"]) if t]
+                    skipped += len(ids) - len(keep)
+                    texts = [rows["text"][k] for k in keep]
+                    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+                    chunks: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+                    val_rows = []
+                    for k, text, enc in zip(keep, texts, encodings):
+                        split = "val" if ids[k] in val_ids else "train"
+                        chunks[split].append(np.asarray(enc.ids, dtype=dtype))
+                        chunks[split].append(eos)
+                        tokens[split] += len(enc.ids) + 1
+                        docs[split] += 1
+                        n_bytes += len(text.encode("utf-8"))
+                        if split == "val":
+                            val_rows.append({"id": ids[k], "url": urls[k] or "", "text": text})
+                    for split in SPLITS:
+                        if chunks[split]:
+                            files[split].write(np.concatenate(chunks[split]).tobytes())
+                    if val_rows:
+                        val_writer.write_table(pa.Table.from_pylist(val_rows, schema=VAL_SCHEMA))
+                    if time.perf_counter() - last_report > 10:
+                        last_report = time.perf_counter()
+                        total = tokens["train"] + tokens["val"]
+                        print(f"tokenize: {docs['train'] + docs['val']} docs, {total} tokens, "
+                              f"{total / (last_report - t0):,.0f} tokens/s", file=sys.stderr)
+        if docs["train"] + docs["val"] == 0:
+            raise ValueError(f"{docs_path}: no document with non-empty text")
+        seconds = time.perf_counter() - t0
+        tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
+        for split in SPLITS:
+            (tmp / f"{split}.json").write_text(json.dumps({
+                "dtype": dtype.name, "num_tokens": tokens[split], "num_documents": docs[split],
+                "vocab_size": vocab_size, "eos_id": eos_id,
+                "tokenizer": str(tokenizer_dir), "tokenizer_sha256": tokenizer_hash,
+            }, indent=2) + "\n")
+        total = tokens["train"] + tokens["val"]
+        stats = ShardStats(
+            train_tokens=tokens["train"], val_tokens=tokens["val"],
+            train_documents=docs["train"], val_documents=docs["val"],
+            skipped_empty_documents=skipped,
+            bytes_per_token=round(n_bytes / max(total - docs["train"] - docs["val"], 1), 4),
+            tokens_per_second=round(total / max(seconds, 1e-9), 1),
+            seconds=round(seconds, 3), dtype=dtype.name, vocab_size=vocab_size, eos_id=eos_id,
+            out_dir=str(Path(out_dir)),
+        )
+        (tmp / "stats.json").write_text(json.dumps(stats.to_metadata(), indent=2) + "\n")
+    return stats
+
+
+def read_header(out_dir: str | os.PathLike, split: str) -> dict:
+    """The JSON header of one split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    path = Path(out_dir) / f"{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {split}.json in {out_dir}: not a token shard directory")
+    return json.loads(path.read_text())
+
+
+def load_tokens(out_dir: str | os.PathLike, split: str) -> np.memmap:
+    """The tokens of ``split`` ('train' or 'val') as a read-only memory map (dtype from the header).
+
+    An empty split comes back as an empty read-only array (a zero-byte file cannot be mapped).
+    """
+    header = read_header(out_dir, split)
+    dtype = np.dtype(header["dtype"])
+    path = Path(out_dir) / f"{split}.bin"
+    expected = header["num_tokens"] * dtype.itemsize
+    if path.stat().st_size != expected:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes, header says {expected}")
+    if header["num_tokens"] == 0:
+        empty = np.zeros(0, dtype=dtype)
+        empty.flags.writeable = False
+        return empty  # type: ignore[return-value]
+    return np.memmap(path, dtype=dtype, mode="r", shape=(header["num_tokens"],))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lmforge tokenize", description=__doc__.split("\n")[0])
+    p.add_argument("docs", help="documents Parquet file or directory (columns id, url, text)")
+    p.add_argument("out_dir", help="directory to write train/val .bin + .json and val.parquet into")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (from train-tokenizer)")
+    p.add_argument("--val-fraction", type=float, default=ShardConfig().val_fraction,
+                   help="fraction of documents in the val split (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split hash (default 0)")
+    p.add_argument("--batch-rows", type=int, default=ShardConfig().batch_rows,
+                   help="documents per tokenizer batch (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        cfg = ShardConfig(val_fraction=args.val_fraction, seed=args.seed, batch_rows=args.batch_rows)
+        stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir, cfg)
+    except (ValueError, OSError) as e:
+        print(f"lmforge tokenize: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    print(f"tokens: train {stats.train_tokens} ({stats.train_documents} docs), val {stats.val_tokens} "
+          f"({stats.val_documents} docs), {stats.bytes_per_token:.2f} bytes/token, "
+          f"{stats.tokens_per_second:,.0f} tokens/s -> {args.out_dir}", file=sys.stderr)
+    print(json.dumps(stats.to_metadata(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""Build chat-format SFT data: JSONL rows of ``{"messages": [{"role", "content"}, ...]}``.
+
+    lmforge sft-data --from-docs documents.parquet --out sft.jsonl [--limit 2000]
+    lmforge sft-data --from-qa gsm8k/train.jsonl --out sft.jsonl [--limit 1000]
+    lmforge sft-data --from-hub HuggingFaceH4/no_robots --split train --out sft.jsonl   (online)
+
+Three sources:
+
+``sft_data_from_qa``: GSM8K-format rows ``{"question", "answer"}``. The user turn is the question;
+the assistant turn keeps the worked reasoning (the lines before ``#### N``, with GSM8K's calculator
+annotations ``<<48/2=24>>`` removed) and ends with ``The answer is N.`` (thousands separators
+dropped from N), the form the GSM8K evaluation extracts the answer from.
+
+``sft_data_from_documents``: instruction data derived OFFLINE from the crawled corpus, the pydoc
+pages of the local Python documentation server (each document has ``url``, ``title``, ``text``).
+Every answer is copied from the page it was derived from, so it can be checked against it. The
+module name comes from the title (``Pydoc: module json``), else from the url (``/json.html``),
+else from a ``Python Library Documentation: module json`` first line. From each page:
+
+- ``module_summary``: "What does the Python module `X` provide?" -> the first one or two
+  sentences of the module's docstring (the first prose paragraph of the page that is not pydoc's
+  own boilerplate, a heading, a path, a table row of names or a ``>>>`` example).
+- ``signature``: "What is the call signature of `f` in the Python module `X`?" -> the signature
+  line ``f(a, b=1, *args)`` as the page prints it. A line counts as a signature only if its
+  parameter list parses as Python (``ast``), the name is public, and it is not a method
+  (first parameter ``self``/``cls``). At most ``max_per_page`` per page.
+- ``function_purpose``: "In the Python module `X`, what does `f` do?" -> the first sentence of
+  the docstring printed right after that signature (a capitalised sentence ending in a period).
+- ``classes``: "Which classes does the Python module `X` define?" -> the public names of the
+  page's ``class Name(...)`` headers, in page order (1 to 20 of them).
+- ``exports``: "Which names does the Python module `X` export in `__all__`?" -> the page's
+  ``__all__ = [...]`` list, when it parses completely (pydoc truncates long reprs with ``...``).
+
+Pages that yield nothing (no module name, no prose) are counted in the stats, not silently lost.
+All candidates are shuffled with ``seed`` and the first ``max_examples`` kept.
+
+``sft_data_from_hub``: any Hub data set with a ``messages`` column, or question/answer,
+instruction/(input)/output or prompt/completion columns; needs network (not used by tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+from urllib.parse import urlparse
+
+from lmforge.io import atomic_path, read_parquet_rows
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class SFTDataStats:
+    source: str
+    out_path: str
+    examples: int = 0
+    mean_turns: float = 0.0  # messages per conversation
+    mean_chars: float = 0.0  # characters of content per conversation
+    mean_assistant_chars: float = 0.0
+    rows_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows that gave no example
+    by_task: dict[str, int] = field(default_factory=dict)  # task kind -> examples
+
+    def to_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_conversation(messages: Any) -> None:
+    """Raise ValueError unless ``messages`` is a non-empty list of {role, content} turns that
+    contains a user turn and ends with an assistant turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be {{'role', 'content'}}, got {m!r:.80}")
+        if m["role"] not in ROLES:
+            raise ValueError(f"message {i}: role {m['role']!r} is not one of {ROLES}")
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise ValueError(f"message {i}: content must be a non-empty string")
+    if not any(m["role"] == "user" for m in messages):
+        raise ValueError("no user turn")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last turn must be the assistant's")
+
+
+def _write_conversations(out_path: str | os.PathLike, examples: Iterable[tuple[str, list[dict]]],
+                         stats: SFTDataStats) -> SFTDataStats:
+    """Validate and write (task, messages) pairs as JSONL, atomically; fill in the stats."""
+    n = turns = chars = assistant_chars = 0
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for task, messages in examples:
+            validate_conversation(messages)
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            n += 1
+            turns += len(messages)
+            chars += sum(len(m["content"]) for m in messages)
+            assistant_chars += sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+            stats.by_task[task] = stats.by_task.get(task, 0) + 1
+    stats.examples = n
+    stats.mean_turns = round(turns / max(n, 1), 3)
+    stats.mean_chars = round(chars / max(n, 1), 1)
+    stats.mean_assistant_chars = round(assistant_chars / max(n, 1), 1)
+    return stats
+
+
+def read_conversations(path: str | os.PathLike) -> Iterator[list[dict]]:
+    """The ``messages`` of each row of a chat JSONL file, validated."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                messages = json.loads(line)["messages"]
+                validate_conversation(messages)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{lineno}: not a chat row: {e}") from None
+            yield messages
+
+
+# --- GSM8K-format question/answer ----------------------------------------------------------------
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def qa_to_messages(question: str, answer: str, strip_calculator: bool = True) -> list[dict]:
+    """One GSM8K row as a user/assistant conversation (see the module doc)."""
+    if "####" not in answer:
+        raise ValueError("answer has no '#### N' line")
+    reasoning, final = answer.rsplit("####", 1)
+    final = final.strip().replace(",", "")
+    if not final:
+        raise ValueError("empty final answer after '####'")
+    if strip_calculator:
+        reasoning = _CALCULATOR.sub("", reasoning)
+    reasoning = reasoning.strip()
+    content = f"{reasoning}\nThe answer is {final}." if reasoning else f"The answer is {final}."
+    return [{"role": "user", "content": question.strip()}, {"role": "assistant", "content": content}]
+
+
+def sft_data_from_qa(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
+                     limit: int | None = None, strip_calculator: bool = True) -> SFTDataStats:
+    """GSM8K-format JSONL (``question``, ``answer`` with a ``#### N`` line) -> chat JSONL."""
+    stats = SFTDataStats(source=f"qa:{jsonl_path}", out_path=str(out_path))
+
+    def examples() -> Iterator[tuple[str, list[dict]]]:
+        n = 0
+        with open(jsonl_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if limit is not None and n >= limit:
+                    return
+                if not line.strip():
+                    continue
+                stats.rows_read += 1
+                try:
+                    row = json.loads(line)
+                    messages = qa_to_messages(row["question"], row["answer"], strip_calculator)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{jsonl_path}:{lineno}: invalid JSON ({e})") from None
+                except (KeyError, TypeError, AttributeError):
+                    raise ValueError(f"{jsonl_path}:{lineno}: expected keys 'question' and 'answer'") from None
+                except ValueError:
+                    stats.skipped["no_final_answer"] = stats.skipped.get("no_final_answer", 0) + 1
+                    continue
+                n += 1
+                yield "gsm8k", messages
+
+    return _write_conversations(out_path, examples(), stats)
+
+
+# --- instruction data derived from the crawled pydoc pages ---------------------------------------
+
+_TITLE_MODULE = re.compile(r"(?:Pydoc|Python):\s*(?:built-in\s+)?(?:module|package)\s+([A-Za-z_][\w.]*)")
+_FIRST_LINE_MODULE = re.compile(r"Python Library Documentation:\s*(?:built-in\s+)?(?:module|package)\s+([A-Za-z_][\w.]*)")
+_URL_MODULE = re.compile(r"^/?([A-Za-z_][\w.]*)\.html$")
+# pydoc's own text, headings and navigation, which are not the module's description
+_BOILERPLATE = ("Python Library Documentation", "automatically generated", "Module Reference",
+                "docs.python.org", "Module Index", "MODULE REFERENCE", "/lib/python", "index.html",
+                "Method resolution order", "Methods defined here", "Data descriptors defined here")
+# Section headings of a pydoc page (plain text in capitals, HTML in title case). The module's
+# description comes before the first of them; after it, prose belongs to functions and classes.
+_SECTIONS = {"classes", "functions", "data", "modules", "package contents", "submodules",
+             "file", "version", "author", "credits", "date"}
+_PLATFORM_LINE = re.compile(r"^Python \d+\.\d+\.\d+ \[")  # the pydoc server's header line
+_SIGNATURE_START = re.compile(r"(?:^|(?<=\| )|(?<=\. ))([A-Za-z_][A-Za-z0-9_]*)\(")
+# A sentence ends at . ! or ? before a capital, a quote, a list dash or the next signature.
+_SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[-A-Z(`\"']|[A-Za-z_]\w*\()")
+_STARTS_WITH_CALL = re.compile(r"^[A-Za-z_][\w.]*\(")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def module_name(doc: dict) -> str | None:
+    """The module a pydoc page documents, from its title, url or first line."""
+    m = _TITLE_MODULE.search(doc.get("title") or "")
+    if m:
+        return m.group(1)
+    path = urlparse(doc.get("url") or "").path
+    m = _URL_MODULE.match(path.rsplit("/", 1)[-1]) if path else None
+    if m and m.group(1) not in ("index", "topics", "keywords", "search"):
+        return m.group(1)
+    m = _FIRST_LINE_MODULE.search((doc.get("text") or "")[:300])
+    return m.group(1) if m else None
+
+
+def _is_prose(line: str) -> bool:
+    """A line of running text: starts with a letter, has a few words, is no heading or table row."""
+    s = line.strip()
+    if not s or s.startswith(("|", ">>>", "...", "$", "#")) or " | " in s or any(b in s for b in _BOILERPLATE):
+        return False
+    if _PLATFORM_LINE.match(s):
+        return False
+    if s.isupper() or not (s[0].isalpha() or s[0] in "`:(") or _STARTS_WITH_CALL.match(s):
+        return False
+    return len(s.split()) >= 3
+
+
+def _is_section_heading(line: str) -> bool:
+    """"CLASSES", "Functions", or a table row whose first cell is one ("| Data |  |")."""
+    cells = [c.strip() for c in line.split("|") if c.strip()]
+    return len(cells) == 1 and cells[0].lower() in _SECTIONS
+
+
+def module_summary(text: str, name: str) -> str | None:
+    """The first one or two sentences of the first prose paragraph on the page."""
+    lines = text.splitlines()
+    start, in_boilerplate = None, False
+    for i, line in enumerate(lines):
+        if _is_section_heading(line):
+            return None
+        # pydoc's "The following documentation is automatically generated ..." spans lines:
+        # skip the rest of a paragraph that contains boilerplate.
+        if any(b in line for b in _BOILERPLATE):
+            in_boilerplate = True
+        elif not line.strip():
+            in_boilerplate = False
+        elif line.strip().startswith(f"{name} (version"):  # the page heading: "smtpd (version 0.3)"
+            continue
+        elif not in_boilerplate and _is_prose(line):
+            start = i
+            break
+    if start is None:
+        return None
+    para: list[str] = []
+    for line in lines[start:start + 12]:
+        if not _is_prose(line) or line.strip().endswith("::"):
+            break
+        para.append(line.strip())
+    paragraph = " ".join(para)
+    # pydoc's plain-text NAME section reads "json - JSON (JavaScript ...": drop the "json - ".
+    paragraph = re.sub(rf"^{re.escape(name)}\s+-\s+", "", paragraph)
+    sentences = _SENTENCE_END.split(paragraph)
+    summary = sentences[0]
+    if len(summary) < 60 and len(sentences) > 1:
+        summary += " " + sentences[1]
+    summary = summary.strip()
+    if len(summary) < 15 or len(summary) > 500 or not summary[-1] in ".!?:)":
+        return None
+    return summary
+
+
+def _balanced_call(s: str, start: int) -> int | None:
+    """Index just past the ')' that closes the '(' at ``start``, honouring quotes."""
+    depth, quote = 0, None
+    for i in range(start, len(s)):
+        c = s[i]
+        if quote:
+            if c == quote and s[i - 1] != "\\":
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def find_signatures(text: str) -> list[tuple[str, str, str]]:
+    """(name, signature, first docstring sentence or '') of the public functions on the page."""
+    found: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    lines = text.splitlines()
+    for i, raw in enumerate(lines):
+        line = raw.strip().lstrip("| \t")
+        # A signature opens a line, or (where an extractor joined a table's rows into one line)
+        # follows a cell border "| " or the end of the previous docstring's sentence ". ".
+        for m in _SIGNATURE_START.finditer(line):
+            name = m.group(1)
+            if name in seen or name.startswith("_") or name == "class":
+                continue
+            entry = _signature_at(line, m, lines[i + 1:i + 4])
+            if entry:
+                seen.add(name)
+                found.append(entry)
+    return found
+
+
+def _signature_at(line: str, m: re.Match, following: list[str]) -> tuple[str, str, str] | None:
+    """The (name, signature, purpose) whose name ``m`` matched, or None if it is no signature."""
+    name = m.group(1)
+    end = _balanced_call(line, m.end() - 1)
+    if end is None:
+        return None
+    params = line[m.end():end - 1]
+    try:  # the strongest filter: the parameter list must be valid Python
+        fn = ast.parse(f"def {name}({params}): pass").body[0]
+    except (SyntaxError, ValueError):
+        return None
+    first = [a.arg for a in fn.args.posonlyargs + fn.args.args][:1]
+    if first in (["self"], ["cls"]):
+        return None
+    rest = line[end:].strip(" |\t")
+    if rest and not rest[0].isupper():  # a call inside a sentence or an example, not a heading
+        return None
+    if not rest:  # the docstring starts on the next non-empty line
+        rest = next((x.strip().lstrip("| \t") for x in following if x.strip(" |\t")), "")
+    sentence = _SENTENCE_END.split(rest.strip())[0] if rest else ""
+    purpose = ""
+    if (sentence[:1].isupper() and sentence.endswith(".") and 3 <= len(sentence.split()) <= 40
+            and ">>>" not in sentence and _is_prose(sentence)):
+        purpose = sentence
+    return name, f"{name}({params})", purpose
+
+
+_CLASS_HEADER = re.compile(r"^[|\s]*class\s+([A-Za-z_]\w*)\s*[(:]")
+_ALL_LINE = re.compile(r"__all__\s*=\s*(\[.*?\])")
+
+
+def find_classes(text: str) -> list[str]:
+    names: list[str] = []
+    for line in text.splitlines():
+        m = _CLASS_HEADER.match(line)
+        if m and not m.group(1).startswith("_") and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def find_exports(text: str) -> list[str] | None:
+    m = _ALL_LINE.search(text)
+    if not m:
+        return None
+    try:
+        names = ast.literal_eval(m.group(1))
+    except (ValueError, SyntaxError):
+        return None  # truncated by pydoc's repr ("...") or not a literal
+    if not isinstance(names, list) or not names or not all(isinstance(x, str) for x in names):
+        return None
+    return names
+
+
+def _ask(rng: random.Random, *phrasings: str) -> str:
+    return rng.choice(phrasings)
+
+
+def document_examples(doc: dict, rng: random.Random, max_per_page: int = 3) -> list[tuple[str, list[dict]]]:
+    """The (task, messages) examples one pydoc page yields (see the module doc)."""
+    name = module_name(doc)
+    text = (doc.get("text") or "").replace("\xa0", " ")  # pydoc's HTML is full of &nbsp;
+    if not name or not text.strip():
+        return []
+    out: list[tuple[str, list[dict]]] = []
+
+    def add(task: str, question: str, answer: str) -> None:
+        out.append((task, [{"role": "user", "content": question},
+                           {"role": "assistant", "content": answer}]))
+
+    summary = module_summary(text, name)
+    if summary:
+        add("module_summary",
+            _ask(rng, f"What does the Python module `{name}` provide?",
+                 f"Summarize the purpose of the Python module `{name}`.",
+                 f"What is the `{name}` module for?"),
+            summary)
+    signatures = find_signatures(text)
+    for fname, sig, purpose in signatures[:max_per_page]:
+        add("signature",
+            _ask(rng, f"What is the call signature of `{fname}` in the Python module `{name}`?",
+                 f"Give the signature of `{fname}` from the Python module `{name}`."),
+            f"`{sig}`")
+    purposes = [(f, p) for f, _, p in signatures if p]
+    for fname, purpose in purposes[:max_per_page]:
+        add("function_purpose",
+            _ask(rng, f"In the Python module `{name}`, what does `{fname}` do?",
+                 f"Briefly, what does `{name}.{fname}` do?"),
+            purpose)
+    classes = find_classes(text)
+    if 1 <= len(classes) <= 20:
+        add("classes", f"Which classes does the Python module `{name}` define?",
+            f"`{name}` defines: " + ", ".join(f"`{c}`" for c in classes) + ".")
+    exports = find_exports(text)
+    if exports and len(exports) <= 60:
+        add("exports", f"Which names does the Python module `{name}` export in `__all__`?",
+            ", ".join(f"`{x}`" for x in exports) + ".")
+    return out
+
+
+def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.PathLike,
+                            max_examples: int = 2000, seed: int = 0,
+                            max_per_page: int = 3) -> SFTDataStats:
+    """Instruction data derived from crawled pydoc pages (see the module doc) -> chat JSONL."""
+    if max_examples < 1:
+        raise ValueError("max_examples must be >= 1")
+    stats = SFTDataStats(source=f"documents:{docs_path}", out_path=str(out_path))
+    candidates: list[tuple[str, list[dict]]] = []
+    for doc in read_parquet_rows(docs_path, columns=None):
+        stats.rows_read += 1
+        if "text" not in doc:
+            raise ValueError(f"{docs_path}: no 'text' column")
+        # One generator per page, seeded by the page, so adding a page changes no other example.
+        rng = random.Random(f"{seed}:{doc.get('id') or doc.get('url')}")
+        examples = document_examples(doc, rng, max_per_page)
+        if not examples:
+            reason = "no_module_name" if module_name(doc) is None else "nothing_derivable"
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+        candidates.extend(examples)
+    random.Random(seed).shuffle(candidates)
+    if len(candidates) > max_examples:
+        stats.skipped["over_max_examples"] = len(candidates) - max_examples
+    return _write_conversations(out_path, candidates[:max_examples], stats)
+
+
+# --- any data set on the Hugging Face Hub (online) -----------------------------------------------
+
+def _row_to_messages(row: dict, messages_field: str) -> list[dict]:
+    if messages_field in row:
+        return [{"role": m["role"], "content": m["content"]} for m in row[messages_field]]
+    if "question" in row and "answer" in row:
+        if "####" in str(row["answer"]):
+            return qa_to_messages(row["question"], row["answer"])
+        return [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
+    if "instruction" in row and "output" in row:
+        prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+    if "prompt" in row and "completion" in row:
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    raise ValueError(f"unknown row format: columns {sorted(row)}; expected '{messages_field}', "
+                     "question/answer, instruction/output or prompt/completion")
+
+
+def sft_data_from_hub(name: str, out_path: str | os.PathLike, split: str = "train",
+                      config: str | None = None, limit: int | None = None,
+                      messages_field: str = "messages") -> SFTDataStats:
+    """A Hugging Face Hub data set -> chat JSONL. Needs network (or the data set in the HF cache)."""
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, config, split=split)
+    except Exception as e:  # offline, unknown name, gated, ...: say so in one line
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise RuntimeError(f"could not load {name!r} split {split!r} from the Hugging Face Hub{offline}: "
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Offline, use "
+                           "--from-docs or --from-qa instead.") from e
+    stats = SFTDataStats(source=f"hub:{name}:{split}", out_path=str(out_path))
+
+    def examples() -> Iterator[tuple[str, list[dict]]]:
+        for i, row in enumerate(ds):
+            if limit is not None and i >= limit:
+                return
+            stats.rows_read += 1
+            messages = _row_to_messages(row, messages_field)
+            try:
+                validate_conversation(messages)
+            except ValueError:
+                stats.skipped["invalid_conversation"] = stats.skipped.get("invalid_conversation", 0) + 1
+                continue
+            yield "hub", messages
+
+    return _write_conversations(out_path, examples(), stats)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lmforge sft-data", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-docs", metavar="DOCS", help="pydoc documents Parquet (id, url, title, text)")
+    src.add_argument("--from-qa", metavar="QA_JSONL", help="GSM8K-format JSONL (question, answer)")
+    src.add_argument("--from-hub", metavar="NAME", help="Hugging Face Hub data set name (needs network)")
+    p.add_argument("--out", required=True, help="chat JSONL to write")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most this many examples (--from-docs default: 2000; others: all)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed for --from-docs (default 0)")
+    p.add_argument("--split", default="train", help="data set split for --from-hub (default train)")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        print("lmforge sft-data: error: --limit must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        if args.from_docs:
+            stats = sft_data_from_documents(args.from_docs, args.out, args.limit or 2000, args.seed)
+        elif args.from_qa:
+            stats = sft_data_from_qa(args.from_qa, args.out, args.limit)
+        else:
+            stats = sft_data_from_hub(args.from_hub, args.out, args.split, limit=args.limit)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"lmforge sft-data: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 2
+    print(f"sft-data: {stats.examples} conversations, {stats.mean_turns} turns and "
+          f"{stats.mean_chars:.0f} characters on average -> {args.out}", file=sys.stderr)
+    print(json.dumps(stats.to_metadata(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

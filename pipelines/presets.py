@@ -1,0 +1,46 @@
+"""Run presets: named run configurations for the whole graph.
+
+A preset changes sizes, never code. ``tiny`` is every engine default: the whole graph on a laptop
+CPU in minutes, offline, on the pages of this Python's documentation server. The larger presets
+are for GPU machines and real data: they name the model size and the token budget, and expect
+seeds (or Common Crawl WARC files) and the online or mirrored benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "gpt2-124m": {
+        "crawled_pages": {"max_pages": 200_000},
+        "tokenizer": {"vocab_size": 32_768},
+        "pretrained_model": {"preset": "124m", "max_steps": 20_000, "device": "cuda",
+                             "compile": True},
+        "sft_model": {"device": "cuda"},
+        "lora_adapter": {"device": "cuda"},
+        **{name: {"suite": "standard", "device": "cuda"}
+           for name in ("base_model_eval", "sft_model_eval", "lora_model_eval")},
+    },
+    "1b": {
+        "crawled_pages": {"max_pages": 2_000_000},
+        "tokenizer": {"vocab_size": 65_536},
+        "pretrained_model": {"preset": "1b", "max_steps": 100_000, "device": "cuda",
+                             "compile": True, "zero_stage": 2},
+        "sft_model": {"device": "cuda"},
+        "lora_adapter": {"device": "cuda"},
+        **{name: {"suite": "standard", "device": "cuda"}
+           for name in ("base_model_eval", "sft_model_eval", "lora_model_eval")},
+    },
+}
+
+
+def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The Dagster run config of a preset, with per-asset ``overrides`` merged on top."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    ops: dict[str, dict[str, Any]] = {}
+    for source in (PRESETS[preset], overrides or {}):
+        for asset_name, values in source.items():
+            ops.setdefault(asset_name, {}).update(values)
+    return {"ops": {name: {"config": values} for name, values in ops.items()}}

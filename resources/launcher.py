@@ -1,0 +1,46 @@
+"""How training processes are started: a local process, torchrun, or the deepspeed launcher.
+
+Training never runs inside the Dagster process: the launcher starts the engine's module
+(``python -m lmforge.train.pretrain --config ...``) through Dagster Pipes, which streams the
+process's progress lines into the run's logs and its final figures into the materialization.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from lmforge.io import write_json
+from lmforge.train import launch
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    launcher: Literal["python", "torchrun", "deepspeed"] = Field(
+        default="python",
+        description="python: one process; torchrun / deepspeed: one process per device.",
+    )
+    nproc: int = Field(default=1, description="Processes per node (GPUs per node).")
+    hostfile: Optional[str] = Field(
+        default=None, description="deepspeed launcher hostfile for several nodes."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the training processes."
+    )
+
+    def run(self, context: dg.AssetExecutionContext, module: str, config: dict[str, Any],
+            config_path: Path) -> dg.MaterializeResult:
+        """Write ``config`` to ``config_path``, start ``module`` on it, return its result."""
+        write_json(config_path, config)
+        command = launch.command(module, str(config_path), nproc=self.nproc,
+                                 launcher=self.launcher, hostfile=self.hostfile)
+        context.log.info("launching: %s", " ".join(command))
+        env = {**os.environ, **self.env}
+        client = dg.PipesSubprocessClient()
+        invocation = client.run(context=context, command=command, env=env,
+                                extras={"config": json.loads(json.dumps(config, default=str))})
+        return invocation.get_materialize_result()

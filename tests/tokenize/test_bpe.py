@@ -1,0 +1,110 @@
+"""The BPE tokenizer: trained on real text, loaded by transformers, exact, with a chat template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.io import write_parquet
+from lmforge.tokenize import bpe
+from lmforge.tokenize.bpe import (EOT_TOKEN, IM_END_TOKEN, IM_START_TOKEN, SPECIAL_TOKENS,
+                                  heldout_ids, train_tokenizer)
+
+
+def test_autotokenizer_loads_with_special_tokens(trained, hf_tokenizer, tokenizer_cfg):
+    out, stats = trained
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    tok = hf_tokenizer
+    assert len(tok) == tokenizer_cfg.vocab_size == stats.vocab_size
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<|endoftext|>", "<|pad|>")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 0, 1)
+    assert EOT_TOKEN == IM_END_TOKEN and tok.convert_tokens_to_ids(EOT_TOKEN) == 3
+    # The config is spelled so that transformers 4.x can load it as well.
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert config["chat_template"] == bpe.CHAT_TEMPLATE
+
+
+def test_round_trip_is_exact(hf_tokenizer, gsm8k_docs):
+    tok = hf_tokenizer
+    held_out = [r["text"] for r in gsm8k_docs(1600)[1500:]]  # rows the tokenizer never saw
+    samples = held_out + [
+        "def f(x):\n\treturn x ** 2  # trailing spaces   \n\n",
+        "Café, naïve, Größe, 東京, emoji 🚀 and a zero-width\u200bjoiner",
+        "  leading and trailing whitespace  ",
+        "",
+    ]
+    for text in samples:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+    # No bos is prepended (GPT-2 style): documents are separated by eos in the token stream.
+    assert tok.encode("hello", add_special_tokens=True) == tok.encode("hello", add_special_tokens=False)
+    # Learned merges compress: common words are single tokens, not bytes.
+    assert len(tok.encode(" the")) == 1
+
+
+def test_chat_template(hf_tokenizer):
+    tok = hf_tokenizer
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is 6 times 7?"},
+                {"role": "assistant", "content": "The answer is 42."}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                    "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n"
+                    "<|im_start|>assistant\nThe answer is 42.<|im_end|>\n")
+    prompt = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and text.startswith(prompt)
+
+    out = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    start, end = tok.convert_tokens_to_ids([IM_START_TOKEN, IM_END_TOKEN])
+    assert ids.count(start) == 3 and ids.count(end) == 3
+    # The assistant mask covers exactly the answer and its closing <|im_end|>: what SFT trains on.
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "The answer is 42.<|im_end|>"
+    assert ids[max(i for i, m in enumerate(mask) if m)] == end
+
+
+def test_stats_measure_held_out_compression(trained):
+    _, stats = trained
+    meta = stats.to_metadata()
+    json.dumps(meta)
+    assert stats.heldout_documents > 0 and stats.train_documents > 1000
+    # Byte-level BPE with 768 ids on English prose and code: well above 1 byte per token.
+    assert 2.0 < stats.bytes_per_token < 6.0
+    assert 1.0 < stats.tokens_per_word < 3.0
+    assert stats.training_seconds > 0
+    assert meta["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+
+
+def test_heldout_split_is_deterministic(tmp_path, docs_path):
+    a = heldout_ids(docs_path, 0.05, seed=0)
+    assert a == heldout_ids(docs_path, 0.05, seed=0)
+    assert a != heldout_ids(docs_path, 0.05, seed=1)
+    assert 0.02 < len(a) / 1508 < 0.09
+    # Two documents: one is held out, one is not, whatever their hashes.
+    two = tmp_path / "two.parquet"
+    write_parquet(two, [{"id": "a", "url": "", "text": "x"}, {"id": "b", "url": "", "text": "y"}])
+    assert len(heldout_ids(two, 0.05)) == 1
+    assert len(heldout_ids(two, 0.9)) == 1
+
+
+def test_cli(tmp_path, gsm8k_docs, capsys):
+    small = tmp_path / "small.parquet"
+    write_parquet(small, gsm8k_docs(300))
+    out = tmp_path / "tok"
+    assert bpe.main([str(small), str(out), "--vocab-size", "400"]) == 0
+    assert json.loads(capsys.readouterr().out)["vocab_size"] == 400
+    assert bpe.main([str(tmp_path / "missing.parquet"), str(tmp_path / "t2")]) == 2
+    assert bpe.main([str(small), str(tmp_path / "t3"), "--vocab-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "vocab_size" in err and "Traceback" not in err
+
+
+def test_rejects_bad_input(tmp_path, tokenizer_cfg):
+    empty = tmp_path / "empty.parquet"
+    write_parquet(empty, [{"id": "a", "url": "", "text": ""}])
+    with pytest.raises(ValueError, match="no non-empty training text"):
+        train_tokenizer(empty, tmp_path / "tok", tokenizer_cfg)
+    assert not (tmp_path / "tok").exists()

@@ -1,0 +1,107 @@
+"""Token shards: exact counts, eos after every document, a deterministic split, atomic output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lmforge.io import read_parquet_rows, write_parquet
+from lmforge.tokenize import shards
+from lmforge.tokenize.bpe import heldout_ids
+from lmforge.tokenize.shards import ShardConfig, load_tokens, token_dtype, tokenize_documents
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(trained, docs_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "tokens"
+    stats = tokenize_documents(docs_path, trained[0], out, ShardConfig())
+    return out, stats
+
+
+def test_counts_match_re_encoding(tokens_dir, docs_path, hf_tokenizer):
+    out, stats = tokens_dir
+    val_ids = heldout_ids(docs_path, ShardConfig().val_fraction, ShardConfig().seed)
+    docs = list(read_parquet_rows(docs_path))
+    expected = {"train": [], "val": []}
+    for d in docs:  # re-encode through transformers, independently of the shard writer
+        split = "val" if d["id"] in val_ids else "train"
+        expected[split].append(hf_tokenizer.encode(d["text"], add_special_tokens=False))
+    eos = hf_tokenizer.eos_token_id
+    for split in ("train", "val"):
+        header = json.loads((out / f"{split}.json").read_text())
+        tokens = load_tokens(out, split)
+        assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16 and not tokens.flags.writeable
+        flat = [t for ids in expected[split] for t in (*ids, eos)]
+        assert header["num_tokens"] == len(flat) == len(tokens)
+        assert header["num_documents"] == len(expected[split])
+        assert tokens.tolist() == flat
+        # Every document ends with eos, and eos appears nowhere else.
+        assert tokens[-1] == eos and int((tokens == eos).sum()) == len(expected[split])
+        assert header["dtype"] == "uint16" and header["eos_id"] == eos == 0
+        assert header["vocab_size"] == len(hf_tokenizer)
+        assert len(header["tokenizer_sha256"]) == 64
+    assert stats.train_documents + stats.val_documents == len(docs)
+    assert stats.val_documents == len(val_ids) > 0
+    assert stats.train_tokens == len(load_tokens(out, "train"))
+    assert 2.0 < stats.bytes_per_token < 6.0 and stats.tokens_per_second > 0
+    json.dumps(stats.to_metadata())
+
+
+def test_val_parquet_holds_the_held_out_documents(tokens_dir, docs_path):
+    out, stats = tokens_dir
+    val = pq.read_table(out / "val.parquet").to_pylist()
+    assert {r["id"] for r in val} == heldout_ids(docs_path, 0.05, 0)
+    source = {d["id"]: d for d in read_parquet_rows(docs_path)}
+    assert all(r["text"] == source[r["id"]]["text"] and r["url"] == source[r["id"]]["url"] for r in val)
+
+
+def test_deterministic(tokens_dir, trained, docs_path, tmp_path):
+    out, _ = tokens_dir
+    again = tmp_path / "again"
+    tokenize_documents(docs_path, trained[0], again, ShardConfig(batch_rows=97))
+    for name in ("train.bin", "val.bin"):
+        assert (out / name).read_bytes() == (again / name).read_bytes()
+
+
+def test_special_token_text_and_empty_documents(trained, tmp_path, hf_tokenizer):
+    docs = tmp_path / "docs.parquet"
+    write_parquet(docs, [
+        {"id": "a", "url": "u", "text": "A page that quotes <|endoftext|> and <|im_end|> literally."},
+        {"id": "b", "url": "u", "text": ""},
+        {"id": "c", "url": "u", "text": "Another document."},
+    ])
+    stats = tokenize_documents(docs, trained[0], tmp_path / "t", ShardConfig())
+    assert stats.skipped_empty_documents == 1
+    assert stats.train_documents + stats.val_documents == 2 and stats.val_documents == 1
+    every = np.concatenate([load_tokens(tmp_path / "t", s) for s in ("train", "val")])
+    assert int((every == 0).sum()) == 2  # only the two document separators
+    assert 3 not in every.tolist()  # no <|im_end|> from document text
+    assert "<|endoftext|> and <|im_end|>" in hf_tokenizer.decode(every.tolist())
+
+
+def test_dtype_by_vocab_size():
+    assert token_dtype(65535) == np.uint16 and token_dtype(65536) == np.uint32
+
+
+def test_failure_leaves_previous_output(trained, tmp_path):
+    good = tmp_path / "good.parquet"
+    write_parquet(good, [{"id": str(i), "url": "", "text": f"document number {i}"} for i in range(5)])
+    out = tmp_path / "tokens"
+    tokenize_documents(good, trained[0], out)
+    before = (out / "train.bin").read_bytes()
+    bad = tmp_path / "bad.parquet"
+    write_parquet(bad, [{"id": "x", "url": "", "body": "no text column"}])
+    with pytest.raises(ValueError, match="text"):
+        tokenize_documents(bad, trained[0], out)
+    assert (out / "train.bin").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "good.parquet", "tokens"]
+
+
+def test_cli(trained, docs_path, tmp_path, capsys):
+    assert shards.main([str(docs_path), str(tmp_path / "t"), "--tokenizer", str(trained[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["val_documents"] > 0
+    assert shards.main([str(docs_path), str(tmp_path / "u"), "--tokenizer", str(tmp_path)]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
