@@ -32,7 +32,7 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
     crawl = _metadata(instance, "crawled_pages")
     lines.append(f"crawled pages:          {crawl.get('pages_fetched', crawl.get('pages', '?'))}")
     for key, meta in docs:
-        lines.append(f"{key + ':':<24}{meta.get('kept', meta.get('documents', '?'))}")
+        lines.append(f"{key + ':':<24}{meta.get('kept_documents', meta.get('documents', '?'))}")
     tok = _metadata(instance, "tokenizer")
     lines.append(f"tokenizer vocabulary:   {tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")
