@@ -7,7 +7,7 @@ benchmark whose data is unavailable is reported as skipped, with the reason, in 
 
 import dagster as dg
 
-from lmforge.evaluate.harness import EvalConfig, evaluate
+from lmforge.evaluate.harness import EvalConfig, EvalSummary, evaluate
 from lmforge.io import read_json
 from resources import ArtifactStore, dagster_config, engine_config
 
@@ -52,28 +52,28 @@ def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple
     return _asset, _results_present, _above_thresholds
 
 
-def _summary(store: ArtifactStore, name: str) -> dict | None:
+def _summary(store: ArtifactStore, name: str) -> EvalSummary | None:
     path = store.path(name, "results", "summary.json")
-    return read_json(path) if path.exists() else None
+    return EvalSummary.model_validate(read_json(path)) if path.exists() else None
 
 
 def _results_check(store: ArtifactStore, name: str) -> dg.AssetCheckResult:
-    """Every task of the suite has a score or a stated reason for being skipped."""
+    """Every task of the suite has a score, or a stated reason for being skipped."""
     summary = _summary(store, name)
     if summary is None:
         return dg.AssetCheckResult(passed=False, description="no evaluation summary was written")
-    scores, skipped = summary.get("scores", {}), summary.get("skipped", {})
-    missing = [t for t in summary.get("tasks", []) if t not in scores and t not in skipped]
+    missing = [t.name for t in summary.tasks
+               if (t.status == "ok" and t.score is None) or (t.status == "skipped" and not t.reason)]
     return dg.AssetCheckResult(
-        passed=bool(scores) and not missing,
+        passed=bool(summary.scores) and not missing,
         description=f"no result for {missing}" if missing else None,
-        metadata={"scored": len(scores), "skipped": len(skipped)})
+        metadata={"scored": len(summary.scores), "skipped": len(summary.skipped)})
 
 
 def _thresholds_check(store: ArtifactStore, name: str) -> dg.AssetCheckResult:
-    """Scores at or above the suite's pass thresholds (a warning: tiny models score low)."""
-    summary = _summary(store, name) or {}
-    failed = summary.get("failed_thresholds", {})
+    """Scores within the suite's thresholds (a warning: tiny models score at chance)."""
+    summary = _summary(store, name)
+    failed = summary.failed if summary else ["no summary"]
     return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"failed": dg.MetadataValue.json(failed)})
 

@@ -41,7 +41,8 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
         lines.append(f"{key + ' loss:':<24}{meta.get('first_loss', '?')} -> {meta.get('final_loss', '?')}")
     for key in ("base_model_eval", "sft_model_eval", "lora_model_eval"):
         meta = _metadata(instance, key)
-        scores = {k[len("score/"):]: v for k, v in meta.items() if k.startswith("score/")}
+        scores = {k: v for k, v in meta.items()
+                  if k.split("/")[0] in ("mmlu", "gsm8k", "humaneval", "heldout_bpb")}
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in scores.items()) or "no scores"
         lines.append(f"{key + ':':<24}{shown}")

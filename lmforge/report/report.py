@@ -143,10 +143,16 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
     tasks: list[str] = []
     summaries = {}
     for name, d in inputs.evaluations.items():
-        s = _read_summary(Path(d) / "summary.json")
+        raw = _read_summary(Path(d) / "summary.json")
+        s = {"scores": {}, "skipped": {}}
+        for t in raw.get("tasks", []):  # lmforge.evaluate.harness.EvalSummary
+            if t.get("score") is not None:
+                s["scores"][t["name"]] = t["score"]
+            elif t.get("status") == "skipped":
+                s["skipped"][t["name"]] = t.get("reason") or ""
         summaries[name] = s
-        eval_scores[name] = s.get("scores", {})
-        for t in list(s.get("scores", {})) + list(s.get("skipped", {})):
+        eval_scores[name] = s["scores"]
+        for t in list(s["scores"]) + list(s["skipped"]):
             if t not in tasks:
                 tasks.append(t)
     if tasks:

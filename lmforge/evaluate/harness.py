@@ -1,0 +1,346 @@
+"""Evaluate a model (Hugging Face directory, optionally + a PEFT LoRA adapter) on a suite of tasks
+with lm-evaluation-harness.
+
+    suite YAML (eval_suites/<name>.yaml)  ->  per task: source (local mirror / hub), shots, limit
+    model dir (+ adapter)                 ->  one lm-eval HFLM, loaded once, no hub access
+    for each task: lm_eval.simple_evaluate(model, [task], task_manager)  ->  scores
+    out_dir/results.json   lm-eval's results (all tasks merged), comparable with published numbers
+    out_dir/summary.json   EvalSummary: scores per task, skipped tasks and why, thresholds
+
+A task whose data is not on this machine (no mirror, no held-out file, offline hub) is reported
+as skipped with the reason; it is never dropped silently or given a made-up score.
+
+    lmforge eval --model runs/sft/model --suite smoke --heldout data/val.parquet --out eval/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from lmforge.io import atomic_path, write_json
+from lmforge.paths import REPO_ROOT, benchmarks_dir as default_benchmarks_dir
+
+# Suites and our task YAMLs live beside the package in the checkout (not inside the wheel).
+SUITES_DIR = Path(os.environ.get("LMFORGE_EVAL_SUITES_DIR", REPO_ROOT / "eval_suites"))
+TASKS_DIR = SUITES_DIR / "tasks"
+# Our own tasks: they run completions in lmforge's sandbox, so lm-eval's unsafe-code gate is ours.
+SANDBOXED_TASKS = {"lmforge_humaneval"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Suites
+
+class SuiteTask(BaseModel):
+    """One entry of a suite YAML."""
+
+    name: str
+    source: Literal["auto", "hub", "local"] = "auto"
+    local_task: str | None = None  # our task under eval_suites/tasks (reads local files)
+    hub_task: str | None = None  # lm-eval's stock task (reads the hub)
+    num_fewshot: int | None = None
+    limit: int | float | None = None  # lm-eval's limit: per sub-task for groups (MMLU subjects)
+    gen_kwargs: dict[str, Any] | None = None
+    metric: str  # "metric,filter" as in lm-eval's results, e.g. "acc,none"
+    min_score: float | None = None
+    max_score: float | None = None
+
+
+class Suite(BaseModel):
+    name: str
+    description: str = ""
+    tasks: list[SuiteTask]
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """A suite by name (``eval_suites/<name>.yaml``) or by path."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        p = SUITES_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        known = sorted(x.stem for x in SUITES_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown suite {name_or_path!r}: not a file, and not one of {known}")
+    suite = Suite.model_validate(yaml.safe_load(p.read_text()))
+    for t in suite.tasks:
+        if not (t.local_task or t.hub_task):
+            raise ValueError(f"suite {suite.name}: task {t.name} names neither local_task nor hub_task")
+    return suite
+
+
+# ----------------------------------------------------------------------------------------------
+# Config and results
+
+class EvalConfig(BaseModel):
+    """What to evaluate and how. Defaults are the tiny preset (CPU, smoke suite)."""
+
+    model_dir: str
+    adapter_dir: str | None = None
+    suite: str = "smoke"
+    limit: int | float | None = Field(None, description="override every task's limit")
+    source: Literal["suite", "auto", "hub", "local"] = Field(
+        "suite", description="override every task's data source; 'suite' keeps each task's own")
+    benchmarks_dir: str | None = Field(None, description="local mirror; default lmforge.paths.benchmarks_dir()")
+    heldout_path: str | None = Field(None, description="held-out documents (val.parquet or JSONL with text)")
+    out_dir: str = "artifacts/eval"
+    cache_dir: str | None = Field(None, description="normalized benchmark files; default ~/.cache/lmforge/eval")
+    batch_size: int = 8
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = Field(None, description="torch CPU threads; None = torch's default")
+    max_length: int | None = Field(None, description="context length; default the model config's")
+    apply_chat_template: bool = False  # True for chat (SFT) models: prompts in the ChatML template
+    sandbox_timeout: float = 3.0  # seconds per HumanEval program
+    bootstrap_iters: int = 0  # lm-eval's bootstrap for stderr of non-mean metrics (slow); 0 = off
+    seed: int = 1234
+    log_samples: bool = True  # write every prompt and response to out_dir/samples/<task>.jsonl
+
+
+class TaskResult(BaseModel):
+    name: str
+    lm_eval_task: str | None = None
+    source: str
+    status: Literal["ok", "skipped"]
+    reason: str | None = None
+    scores: dict[str, float] = {}
+    metric: str
+    score: float | None = None
+    higher_is_better: bool | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    passed: bool | None = None  # None: skipped, or no threshold
+    num_fewshot: int | None = None
+    n_samples: int | None = None
+    seconds: float = 0.0
+
+
+class EvalSummary(BaseModel):
+    model_dir: str
+    adapter_dir: str | None
+    suite: str
+    tasks: list[TaskResult]
+    results_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {t.name: t.reason or "" for t in self.tasks if t.status == "skipped"}
+
+    @property
+    def failed(self) -> list[str]:
+        return [t.name for t in self.tasks if t.passed is False]
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """The primary score of every task that ran, by suite task name."""
+        return {t.name: t.score for t in self.tasks if t.score is not None}
+
+    def to_metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"suite": self.suite, "model_dir": self.model_dir,
+                                "adapter_dir": self.adapter_dir or "", "seconds": round(self.seconds, 1),
+                                "thresholds_passed": not self.failed, "failed": self.failed,
+                                "skipped": self.skipped}
+        for t in self.tasks:
+            if t.score is not None:
+                meta[f"{t.name}/{t.metric.split(',')[0]}"] = t.score
+        return meta
+
+    def to_markdown(self) -> str:
+        lines = ["| task | metric | score | threshold | status | n | shots |",
+                 "| --- | --- | --- | --- | --- | --- | --- |"]
+        for t in self.tasks:
+            thr = " ".join(x for x in (f">= {t.min_score:g}" if t.min_score is not None else "",
+                                       f"<= {t.max_score:g}" if t.max_score is not None else "") if x)
+            if t.status == "skipped":
+                status = f"skipped: {t.reason}"
+            else:
+                status = {True: "pass", False: "FAIL", None: "ok"}[t.passed]
+            score = f"{t.score:.4f}" if t.score is not None else "–"
+            lines.append(f"| {t.name} | {t.metric} | {score} | {thr or '–'} | {status} | "
+                         f"{t.n_samples if t.n_samples is not None else '–'} | "
+                         f"{t.num_fewshot if t.num_fewshot is not None else '–'} |")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+def _resolve_source(task: SuiteTask, cfg: EvalConfig, mirror: Path | None) -> tuple[str, str]:
+    """(source, lm-eval task name) for one suite task."""
+    source = task.source if cfg.source == "suite" else cfg.source
+    if source == "auto":
+        source = "local" if (mirror is not None or not task.hub_task) else "hub"
+    if source == "hub" and not task.hub_task:
+        source = "local"  # HumanEval (packaged) and held-out text have no hub variant
+    if source == "local" and not task.local_task:
+        source = "hub"
+    return source, (task.local_task if source == "local" else task.hub_task)  # type: ignore[return-value]
+
+
+def _load_model(cfg: EvalConfig):
+    from lm_eval.models.huggingface import HFLM
+
+    model_dir = Path(cfg.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"not a Hugging Face model directory (no config.json): {model_dir}")
+    if cfg.adapter_dir and not (Path(cfg.adapter_dir) / "adapter_config.json").is_file():
+        raise ValueError(f"not a PEFT adapter directory (no adapter_config.json): {cfg.adapter_dir}")
+    return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), peft=cfg.adapter_dir,
+                device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                max_length=cfg.max_length)
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
+
+
+def _write_samples(out_dir: Path, samples: dict[str, list[dict[str, Any]]]) -> None:
+    for task_name, rows in samples.items():
+        with atomic_path(out_dir / "samples" / f"{task_name}.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def evaluate(cfg: EvalConfig) -> EvalSummary:
+    """Run the suite on the model; write results.json and summary.json to ``cfg.out_dir``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from lmforge.evaluate.tasks import DataUnavailable, default_cache_dir
+
+    t_start = time.perf_counter()
+    suite = load_suite(cfg.suite)
+    mirror = Path(cfg.benchmarks_dir) if cfg.benchmarks_dir else default_benchmarks_dir()
+    if mirror is not None and not mirror.is_dir():
+        mirror = None
+    plan = [(t, *_resolve_source(t, cfg, mirror)) for t in suite.tasks]
+    # The model is a local directory: never let transformers reach for the hub. Datasets may
+    # go online only when the suite asks for a hub task (and the user has not said offline).
+    os.environ["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "1") if any(s == "hub" for _, s, _ in plan) else "1"
+    if not any(s == "hub" for _, s, _ in plan):
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["LMFORGE_SANDBOX_TIMEOUT"] = str(cfg.sandbox_timeout)
+    logging.getLogger("lm_eval.api.task").setLevel(logging.ERROR)  # per-subject chatter
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+    metadata = {"benchmarks_dir": str(mirror) if mirror else None,
+                "cache_dir": cfg.cache_dir or str(default_cache_dir()),
+                "heldout_path": cfg.heldout_path}
+    managers: dict[str, TaskManager] = {}
+
+    def manager(source: str) -> TaskManager:
+        if source not in managers:  # the stock index takes seconds to build: only when needed
+            managers[source] = (TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
+                                if source == "local" else TaskManager(metadata=metadata))
+        return managers[source]
+
+    print(f"[eval] loading {cfg.model_dir}" + (f" + adapter {cfg.adapter_dir}" if cfg.adapter_dir else ""),
+          file=sys.stderr)
+    lm = _load_model(cfg)
+    out_dir = Path(cfg.out_dir)
+    merged: dict[str, Any] = {}
+    results: list[TaskResult] = []
+    for task, source, lm_name in plan:
+        t0 = time.perf_counter()
+        base = dict(name=task.name, lm_eval_task=lm_name, source=source, metric=task.metric,
+                    min_score=task.min_score, max_score=task.max_score, num_fewshot=task.num_fewshot)
+        try:
+            loaded = manager(source).load([lm_name])
+        except DataUnavailable as e:
+            results.append(TaskResult(**base, status="skipped", reason=str(e)))
+            print(f"[eval] {task.name}: skipped: {e}", file=sys.stderr)
+            continue
+        except Exception as e:  # noqa: BLE001 - a hub dataset that cannot be fetched
+            if source != "hub":
+                raise
+            reason = f"hub data unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+            results.append(TaskResult(**base, status="skipped", reason=reason))
+            print(f"[eval] {task.name}: skipped: {reason}", file=sys.stderr)
+            continue
+        top = loaded["groups"][lm_name] if lm_name in loaded["groups"] else loaded["tasks"][lm_name]
+        limit = cfg.limit if cfg.limit is not None else task.limit
+        print(f"[eval] {task.name}: {lm_name} ({source}), {task.num_fewshot or 0}-shot, limit {limit}",
+              file=sys.stderr)
+        res = simple_evaluate(
+            model=lm, tasks=[top], task_manager=manager(source), num_fewshot=task.num_fewshot,
+            limit=limit, gen_kwargs=task.gen_kwargs, bootstrap_iters=cfg.bootstrap_iters,
+            log_samples=cfg.log_samples, apply_chat_template=cfg.apply_chat_template,
+            fewshot_as_multiturn=cfg.apply_chat_template,
+            confirm_run_unsafe_code=lm_name in SANDBOXED_TASKS,
+            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        )
+        if cfg.log_samples and res.get("samples"):
+            _write_samples(out_dir, res.pop("samples"))
+        for key, value in res.items():
+            if isinstance(value, dict) and key != "config":
+                merged.setdefault(key, {}).update(value)
+            else:
+                merged[key] = value
+        scores = _numeric(res["results"][lm_name])
+        score = scores.get(task.metric)
+        if score is None:
+            raise RuntimeError(f"{task.name}: lm-eval reported no {task.metric!r}; it reported {sorted(scores)}")
+        passed = None
+        if task.min_score is not None or task.max_score is not None:
+            passed = ((task.min_score is None or score >= task.min_score)
+                      and (task.max_score is None or score <= task.max_score))
+        hib = res.get("higher_is_better", {}).get(lm_name, {}).get(task.metric.split(",")[0])
+        n = sum(v.get("effective", 0) for k, v in res.get("n-samples", {}).items())
+        results.append(TaskResult(**base, status="ok", scores=scores, score=score, passed=passed,
+                                  higher_is_better=hib, n_samples=n, seconds=time.perf_counter() - t0))
+        print(f"[eval] {task.name}: {task.metric} = {score:.4f} ({n} docs, {time.perf_counter() - t0:.1f}s)",
+              file=sys.stderr)
+
+    summary = EvalSummary(model_dir=str(cfg.model_dir), adapter_dir=cfg.adapter_dir, suite=suite.name,
+                          tasks=results, seconds=time.perf_counter() - t_start)
+    if merged:
+        summary.results_path = str(out_dir / "results.json")
+        merged["lmforge"] = summary.to_metadata()
+        write_json(out_dir / "results.json", merged)
+    write_json(out_dir / "summary.json", summary.model_dump())
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lmforge eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="Hugging Face model directory")
+    ap.add_argument("--adapter", default=None, help="PEFT (LoRA) adapter directory")
+    ap.add_argument("--suite", default="smoke", help="suite name (eval_suites/NAME.yaml) or a YAML path")
+    ap.add_argument("--limit", type=float, default=None, help="documents per task (per subject for MMLU); <1 = fraction")
+    ap.add_argument("--out", default="artifacts/eval", help="output directory")
+    ap.add_argument("--heldout", default=None, help="held-out documents for bits-per-byte (Parquet or JSONL)")
+    ap.add_argument("--benchmarks-dir", default=None, help="local MMLU/GSM8K mirror (default $LMFORGE_BENCHMARKS_DIR)")
+    ap.add_argument("--source", default="suite", choices=["suite", "auto", "hub", "local"],
+                    help="data source for every task; 'suite' keeps each task's own")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    args = ap.parse_args(argv)
+    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
+    try:
+        cfg = EvalConfig(model_dir=args.model, adapter_dir=args.adapter, suite=args.suite, limit=limit,
+                         out_dir=args.out, heldout_path=args.heldout, benchmarks_dir=args.benchmarks_dir,
+                         source=args.source, batch_size=args.batch_size, device=args.device,
+                         apply_chat_template=args.chat, threads=args.threads)
+        summary = evaluate(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lmforge eval: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.to_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
