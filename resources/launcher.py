@@ -39,7 +39,7 @@ class TrainingLauncher(dg.ConfigurableResource):
         command = launch.command(module, str(config_path), nproc=self.nproc,
                                  launcher=self.launcher, hostfile=self.hostfile)
         context.log.info("launching: %s", " ".join(command))
-        env = {**os.environ, **self.env}
+        env = {"HF_HUB_OFFLINE": "1", **os.environ, **self.env}
         client = dg.PipesSubprocessClient()
         invocation = client.run(context=context, command=command, env=env,
                                 extras={"config": json.loads(json.dumps(config, default=str))})

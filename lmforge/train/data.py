@@ -1,0 +1,92 @@
+"""Pretraining data: random windows from memory-mapped token shards.
+
+A shard is a flat array of token ids (``train.bin``) beside a small JSON header (``train.json``:
+dtype, num_tokens, num_documents, vocab_size, eos_id). Documents are already joined with the EOS
+token, so any window of ``seq_len + 1`` tokens is a training example: the first ``seq_len`` are
+the input, the last ``seq_len`` the targets.
+
+Which windows a step reads is a pure function of ``(seed, step)``: the whole global batch of a
+step is drawn at once, and rank ``r`` takes micro-batch ``m`` from rows ``(m * world + r) *
+micro_batch``. So resuming at step ``s`` reads exactly what an uninterrupted run would have read,
+and a run on two processes with one accumulation step sees the same tokens as a run on one
+process with two; nothing about the position has to be saved except the step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SHARD_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+
+
+def read_header(data_dir: str | Path, split: str) -> dict:
+    path = Path(data_dir) / f"{split}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no token shard header at {path} (expected {split}.bin + {split}.json)")
+    header = json.loads(path.read_text())
+    missing = {"dtype", "num_tokens", "vocab_size", "eos_id"} - set(header)
+    if missing:
+        raise ValueError(f"{path}: header lacks {sorted(missing)}")
+    if header["dtype"] not in SHARD_DTYPES:
+        raise ValueError(f"{path}: dtype must be one of {sorted(SHARD_DTYPES)}, got {header['dtype']!r}")
+    return header
+
+
+def open_shard(data_dir: str | Path, split: str) -> tuple[np.memmap, dict]:
+    """Memory-map ``{split}.bin``; the OS pages tokens in as windows touch them."""
+    header = read_header(data_dir, split)
+    path = Path(data_dir) / f"{split}.bin"
+    dtype = SHARD_DTYPES[header["dtype"]]
+    expected = int(header["num_tokens"]) * np.dtype(dtype).itemsize
+    if not path.exists() or path.stat().st_size != expected:
+        size = path.stat().st_size if path.exists() else "missing"
+        raise ValueError(f"{path}: size {size} does not match header ({header['num_tokens']} x {header['dtype']})")
+    return np.memmap(path, dtype=dtype, mode="r"), header
+
+
+class TokenWindows:
+    """Deterministic random windows of ``seq_len + 1`` tokens from one split."""
+
+    def __init__(self, data_dir: str | Path, split: str, seq_len: int, seed: int = 0):
+        self.tokens, self.header = open_shard(data_dir, split)
+        self.seq_len = seq_len
+        self.seed = seed
+        self.split = split
+        if len(self.tokens) < seq_len + 2:
+            raise ValueError(f"{split} shard has {len(self.tokens)} tokens, fewer than one window "
+                             f"of {seq_len + 1}; lower seq_len or tokenize more text")
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.header["vocab_size"])
+
+    def _window(self, start: int) -> np.ndarray:
+        return np.asarray(self.tokens[start:start + self.seq_len + 1], dtype=np.int64)
+
+    def step_offsets(self, step: int, global_batch: int) -> np.ndarray:
+        """Start offsets of every window of one optimizer step, across all ranks."""
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, len(self.tokens) - self.seq_len - 1, size=global_batch)
+
+    def batch(self, step: int, micro: int, micro_batch: int, grad_accum: int, rank: int = 0,
+              world_size: int = 1) -> dict[str, torch.Tensor]:
+        """Micro-batch ``micro`` of ``step`` for ``rank``: ``input_ids`` and shifted ``targets``."""
+        offsets = self.step_offsets(step, micro_batch * grad_accum * world_size)
+        row = (micro * world_size + rank) * micro_batch
+        w = torch.from_numpy(np.stack([self._window(int(o)) for o in offsets[row:row + micro_batch]]))
+        return {"input_ids": w[:, :-1].contiguous(), "targets": w[:, 1:].contiguous()}
+
+    def eval_batches(self, n_batches: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        """Fixed, evenly spaced windows (the same every evaluation, so val losses compare);
+        each rank evaluates every ``world_size``-th batch, and all ranks run the same count."""
+        n_batches = -(-n_batches // world_size) * world_size
+        n_windows = n_batches * batch_size
+        last = len(self.tokens) - self.seq_len - 1
+        starts = np.linspace(0, last, num=n_windows).astype(np.int64)
+        for b in range(rank, n_batches, world_size):
+            w = torch.from_numpy(np.stack([self._window(int(s)) for s in starts[b * batch_size:(b + 1) * batch_size]]))
+            yield {"input_ids": w[:, :-1].contiguous(), "targets": w[:, 1:].contiguous()}

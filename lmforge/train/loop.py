@@ -1,0 +1,514 @@
+"""The training loop shared by pretraining, SFT and LoRA.
+
+One plain loop, readable top to bottom: set the learning rate for the step, run the micro-batches,
+step, log, evaluate, checkpoint. DeepSpeed does the parts that differ between one CPU and many
+GPUs (ZeRO partitioning of optimizer state, gradients and parameters; gradient all-reduce;
+clipping); the loop calls ``engine.backward`` / ``engine.step`` and nothing else of it.
+
+The loss of a step is the mean NLL over every target token of the step, across micro-batches and
+ranks (not a mean of per-micro-batch means), so a step's loss does not depend on how the batch is
+split, and SFT's loss is exactly the mean over assistant tokens.
+
+Checkpoints are DeepSpeed checkpoints (model, optimizer and ZeRO partitions) plus the step, the
+token count and every rank's RNG state. Data order is a function of (seed, step), so the step is
+the whole data position. A checkpoint is written to a staging directory and renamed into place,
+and ``checkpoints/latest`` is replaced last, so a crash mid-save leaves the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import socket
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from lmforge.train.telemetry import Telemetry
+
+Batch = dict[str, torch.Tensor]
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by every training stage; defaults are the ``tiny`` CPU demo."""
+
+    max_steps: int = Field(150, ge=1)
+    micro_batch: int = Field(16, ge=1, description="sequences per micro-batch per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: share of steps spent decaying")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int = Field(50, ge=0, description="val loss every N steps (0: only at the end)")
+    eval_batches: int = Field(8, ge=0)
+    log_every: int = Field(10, ge=1)
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    compile: bool | None = Field(None, description="torch.compile the model (default: on GPU only)")
+    cpu_threads: int = Field(1, ge=1, description="torch threads per process on CPU: tiny models run "
+                             "several times faster on one thread than with OpenMP across busy cores")
+    peak_flops: float = Field(989e12, gt=0, description="per-device peak FLOP/s for MFU (H100 bf16)")
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description="extra DeepSpeed config, merged last")
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join (or, for a single process, create) the process group DeepSpeed runs on.
+
+    torchrun and the deepspeed launcher set RANK/WORLD_SIZE/MASTER_*; a plain ``python -m`` run
+    gets a one-process group on loopback; calling this again in the same process reuses it. On a
+    CPU-only machine DeepSpeed needs its CPU accelerator (``DS_ACCELERATOR=cpu``) chosen before it
+    is imported, and gloo as the backend.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was asked for but torch sees no CUDA device")
+    if device == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if device == "cpu":
+        # DeepSpeed's CPU all-reduce kernel is a C++ extension compiled on first use (~40 s of
+        # g++); gloo is as fast for the small models a CPU trains, so skip the build.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    backend = "gloo" if device == "cpu" else "nccl"
+    if launched:
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        # One process: a private group on a free loopback port. Only LOCAL_RANK (which DeepSpeed
+        # asserts) goes into os.environ: a child process must not mistake itself for a rank.
+        os.environ.setdefault("LOCAL_RANK", "0")
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                                   init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        rank, world, local_rank = 0, 1, 0
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def _all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    if dist.world_size > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def barrier(dist: Dist) -> None:
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule and optimizer
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay, or warmup-stable-decay (WSD), or constant."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    # WSD: hold the peak, then decay linearly over the last decay_fraction of the run, which lets
+    # a run be extended from any pre-decay checkpoint.
+    decay_start = max(cfg.warmup_steps, cfg.max_steps - int(round(cfg.decay_fraction * cfg.max_steps)))
+    if step < decay_start:
+        return cfg.lr
+    progress = (step - decay_start) / max(1, cfg.max_steps - decay_start)
+    return cfg.lr - (cfg.lr - min_lr) * min(1.0, progress)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not norms, biases), as in GPT-2/nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    seen: set[int] = set()
+    decay, no_decay = [], []
+    for p in params:
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        # AdamW from torch is fine under ZeRO; DeepSpeed only vouches for its own optimizers.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    ds.update(cfg.deepspeed)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def latest_checkpoint(out_dir: str | Path) -> str | None:
+    """The tag of the newest complete checkpoint under ``out_dir/checkpoints``, if any."""
+    latest = Path(out_dir) / "checkpoints" / "latest"
+    if not latest.exists():
+        return None
+    tag = latest.read_text().strip()
+    return tag if (latest.parent / tag).is_dir() else None
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _has_frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
+def save_checkpoint(engine, out_dir: Path, step: int, client_state: dict, dist: Dist,
+                    keep: int = 2) -> Path:
+    ckpt_dir = out_dir / "checkpoints"
+    tag = f"step_{step:08d}"
+    staging = ckpt_dir / f".staging-{tag}"
+    if dist.rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier(dist)
+    # Frozen weights (a LoRA run's base model) are not saved: they are re-read from the base.
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=_has_frozen(engine))
+    torch.save(_rng_state(), staging / tag / f"rng_rank{dist.rank}.pt")
+    barrier(dist)
+    if dist.rank == 0:
+        final = ckpt_dir / tag
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / tag, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        tmp = ckpt_dir / ".latest.tmp"
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, ckpt_dir / "latest")
+        old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())[:-keep]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+    barrier(dist)
+    return ckpt_dir / tag
+
+
+def load_checkpoint(engine, out_dir: Path, tag: str, dist: Dist) -> dict:
+    ckpt_dir = out_dir / "checkpoints"
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False,
+                                                load_module_strict=not _has_frozen(engine))
+    if path is None:
+        raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+    rng = ckpt_dir / tag / f"rng_rank{dist.rank}.pt"
+    if rng.exists():  # absent when resuming on more ranks than saved: data order is still exact
+        _set_rng_state(torch.load(rng, weights_only=False))
+    return client_state or {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    first_loss: float | None
+    final_loss: float | None
+    final_val_loss: float | None
+    tokens: int
+    tokens_per_s: float
+    mfu: float
+    wall_s: float
+    resumed_from: int | None
+    params: int
+    trainable_params: int
+    engine: Any = field(default=None, repr=False)
+
+    def to_metadata(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "engine"}
+
+
+def _autocast(cfg: TrainConfig, dist: Dist):
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def forward_nll(model, batch: Batch) -> torch.Tensor:
+    """Summed NLL of ``batch['targets']`` (already shifted; -100 = not trained)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch["targets"].reshape(-1),
+                           ignore_index=-100, reduction="sum")
+
+
+def evaluate(engine, eval_batches: Iterable[Batch], cfg: TrainConfig, dist: Dist) -> float | None:
+    engine.eval()
+    nll, n = 0.0, 0
+    with torch.no_grad(), _autocast(cfg, dist):
+        for batch in eval_batches:
+            batch = _to(batch, dist.device)
+            nll += forward_nll(engine, batch).item()
+            n += int((batch["targets"] != -100).sum())
+    engine.train()
+    nll, n = _all_reduce_sum([nll, n], dist)
+    return nll / n if n else None
+
+
+def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
+          batch_fn: Callable[[int, int, int, int], Batch],
+          eval_fn: Callable[[int, int], Iterable[Batch]] | None,
+          dist: Dist, telemetry: Telemetry, flops_per_token: float = 0.0,
+          config_record: dict | None = None) -> TrainResult:
+    """Train ``model`` for ``cfg.max_steps`` optimizer steps, resuming from ``out_dir`` if it holds
+    a checkpoint.
+
+    ``batch_fn(step, micro, rank, world_size)`` returns one micro-batch (``input_ids``,
+    ``targets``, optionally ``attention_mask``); ``eval_fn(rank, world_size)`` yields the val
+    batches. Rank 0 writes ``metrics.jsonl`` and TensorBoard logs under ``out_dir``.
+    """
+    import deepspeed
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dist.device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
+    model.to(dist.device)
+    from lmforge.train.model import count_params
+
+    n_params, n_trainable = count_params(model), count_params(model, trainable_only=True)
+    optimizer = make_optimizer(model, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=deepspeed_config(cfg, dist.world_size))
+    compile_ = cfg.compile if cfg.compile is not None else dist.device.type == "cuda"
+    if compile_:
+        engine.compile()
+
+    start, tokens, first_loss, elapsed, resumed_from = 0, 0, None, 0.0, None
+    saved_loss = saved_val_loss = None
+    tag = latest_checkpoint(out_dir)
+    if tag is not None:
+        state = load_checkpoint(engine, out_dir, tag, dist)
+        start = resumed_from = int(state["step"])
+        tokens, first_loss, elapsed = int(state["tokens"]), state.get("first_loss"), float(state.get("elapsed", 0.0))
+        saved_loss, saved_val_loss = state.get("loss"), state.get("val_loss")
+        telemetry.log(f"resumed from {tag} (step {start}, {tokens:,} tokens)")
+
+    writer = None
+    metrics_path = out_dir / "metrics.jsonl"
+    if dist.rank == 0:
+        # A crash after the last checkpoint leaves lines for steps that will be re-run.
+        if metrics_path.exists():
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        elif start == 0:
+            metrics_path.write_text("")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"))
+        if config_record is not None and start == 0:
+            (out_dir / "train_config.json").write_text(json.dumps(config_record, indent=2, default=str) + "\n")
+
+    def log_metrics(record: dict) -> None:
+        if dist.rank != 0:
+            return
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)) and v is not None:
+                writer.add_scalar(k, v, record["step"])
+
+    def client_state(step: int) -> dict:
+        return {"step": step, "tokens": tokens, "first_loss": first_loss, "elapsed": elapsed,
+                "loss": loss, "val_loss": val_loss}
+
+    loss, val_loss = saved_loss, saved_val_loss
+    window_tokens, window_t0 = 0, time.perf_counter()
+    engine.train()
+    for step in range(start, cfg.max_steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [_to(batch_fn(step, m, dist.rank, dist.world_size), dist.device) for m in range(cfg.grad_accum)]
+        n_local = sum(int((b["targets"] != -100).sum()) for b in batches)
+        in_local = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                       for b in batches)
+        n_targets, n_inputs = _all_reduce_sum([n_local, in_local], dist)
+        # DeepSpeed divides each micro-batch's loss by grad_accum and averages gradients over
+        # ranks; scaling by (grad_accum * world / n_targets) makes the step's gradient that of
+        # the mean NLL over all of the step's target tokens.
+        scale = cfg.grad_accum * dist.world_size / max(1.0, n_targets)
+        nll_sum, grad_norm = 0.0, None
+        for m, batch in enumerate(batches):
+            with _autocast(cfg, dist):
+                nll = forward_nll(engine, batch)
+            engine.backward(nll * scale)
+            if m == len(batches) - 1 and engine.zero_optimization_stage() == 0:
+                # ZeRO reports the pre-clipping norm itself; without ZeRO DeepSpeed clips
+                # but discards the norm, so take it here (gradients are all-reduced by now).
+                grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+            engine.step()
+            nll_sum += nll.item()
+        if grad_norm is None and engine.get_global_grad_norm() is not None:
+            grad_norm = float(engine.get_global_grad_norm())
+        (nll_total,) = _all_reduce_sum([nll_sum], dist)
+        loss = nll_total / max(1.0, n_targets)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss} at step {step + 1}")
+        if first_loss is None:
+            first_loss = loss
+        dt = time.perf_counter() - t0
+        tokens += int(n_inputs)
+        elapsed += dt
+        window_tokens += int(n_inputs)
+        done = step + 1
+
+        if done % cfg.log_every == 0 or done == cfg.max_steps or done == start + 1:
+            now = time.perf_counter()
+            tps = window_tokens / max(1e-9, now - window_t0)
+            step_mfu = tps * flops_per_token / (cfg.peak_flops * dist.world_size)
+            log_metrics({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                         "tokens": tokens, "tokens_per_s": tps, "mfu": step_mfu})
+            telemetry.log(f"step {done}/{cfg.max_steps} loss {loss:.4f} lr {lr:.2e} "
+                          f"grad_norm {grad_norm if grad_norm is None else round(grad_norm, 3)} "
+                          f"tokens/s {tps:,.0f} MFU {100 * step_mfu:.3f}%")
+            window_tokens, window_t0 = 0, time.perf_counter()
+
+        last = done == cfg.max_steps
+        if eval_fn is not None and cfg.eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
+            val_loss = evaluate(engine, eval_fn(dist.rank, dist.world_size), cfg, dist)
+            if val_loss is not None:
+                log_metrics({"step": done, "val_loss": val_loss})
+                telemetry.log(f"step {done} val_loss {val_loss:.4f}")
+            window_t0 = time.perf_counter()
+        if (cfg.save_every and done % cfg.save_every == 0) or last:
+            save_checkpoint(engine, out_dir, done, client_state(done), dist, keep=cfg.keep_checkpoints)
+            window_t0 = time.perf_counter()
+
+    if writer is not None:
+        writer.close()
+    if start >= cfg.max_steps:
+        telemetry.log(f"checkpoint is already at step {start} >= max_steps {cfg.max_steps}; nothing to train")
+    tps = tokens / elapsed if elapsed > 0 else 0.0
+    return TrainResult(
+        steps=max(cfg.max_steps, start), first_loss=first_loss,
+        final_loss=loss, final_val_loss=val_loss, tokens=tokens, tokens_per_s=tps,
+        mfu=tps * flops_per_token / (cfg.peak_flops * dist.world_size), wall_s=elapsed,
+        resumed_from=resumed_from, params=n_params, trainable_params=n_trainable, engine=engine)
+
+
+def gathered_module(engine):
+    """A context in which every rank sees full parameters (ZeRO-3 gathers them; a no-op below)."""
+    import deepspeed
+
+    if engine.zero_optimization_stage() == 3:
+        return deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    return nullcontext()
+
+
+def save_hf_model(engine, out: Path, dist: Dist, tokenizer_dir: str | Path | None = None,
+                  **save_kwargs) -> None:
+    """Rank 0 writes ``engine.module`` with ``save_pretrained`` (plus the tokenizer's files)
+    atomically to ``out``; every rank must call this (ZeRO-3 gathers collectively)."""
+    from lmforge.io import atomic_path
+
+    with gathered_module(engine):
+        if dist.rank == 0:
+            with atomic_path(out) as tmp:
+                engine.module.save_pretrained(str(tmp), **save_kwargs)
+                if tokenizer_dir is not None:
+                    copy_tokenizer_files(tokenizer_dir, tmp)
+    barrier(dist)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt")
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
+    src, dst = Path(src), Path(dst)
+    found = False
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+            found = True
+    if not found:
+        raise FileNotFoundError(f"no tokenizer files in {src}")

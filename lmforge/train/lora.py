@@ -1,0 +1,163 @@
+"""LoRA adapters with PEFT: the SFT recipe, training only low-rank updates of the projections.
+
+    lmforge lora --base MODEL_DIR --data DATA.jsonl --out ADAPTER_DIR [--rank 8] [--merge] [--qlora]
+
+ADAPTER_DIR is a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``
++ the tokenizer files): ``PeftModel.from_pretrained(base_model, ADAPTER_DIR)`` loads it, so one
+base model can serve one adapter per task. It also holds the run's ``summary.json``,
+``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/`` (adapter and optimizer state only; the
+frozen base is re-read from MODEL_DIR on resume). ``--merge`` also writes ``ADAPTER_DIR/merged/``,
+a plain Hugging Face model with the adapter folded into the weights.
+
+``--qlora`` loads the frozen base in 4-bit NF4 (bitsandbytes) and needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from lmforge.io import atomic_path, write_json
+from lmforge.train.loop import barrier, copy_tokenizer_files, gathered_module, init_distributed, train
+from lmforge.train.sft import RunStats, SFTConfig, check_inputs, prepare
+from lmforge.train.telemetry import Telemetry
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(SFTConfig):
+    """SFT settings plus the adapter's shape; defaults suit the ``tiny`` model on a CPU."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (update = alpha/r * BA)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
+    targets: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS),
+                               description="module names that get adapters (attention and MLP projections)")
+    qlora: bool = Field(False, description="4-bit NF4 base via bitsandbytes (CUDA only)")
+    merge: bool = Field(False, description="also export out_dir/merged: base + adapter as one HF model")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+def _load_base(cfg: LoraConfig):
+    from transformers import AutoModelForCausalLM
+
+    if not cfg.qlora:
+        return AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+    if not torch.cuda.is_available() or cfg.device == "cpu":
+        raise ValueError("QLoRA needs a CUDA GPU with bitsandbytes (4-bit kernels); this machine has "
+                         "no CUDA device. Use plain LoRA (drop --qlora) on CPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError("QLoRA needs a CUDA GPU with bitsandbytes: pip install bitsandbytes") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, quantization_config=quant,
+                                                 device_map={"": torch.cuda.current_device()})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _save_adapter(engine, out: Path, base: str, dist) -> None:
+    """Rank 0 writes the adapter files into ``out`` (beside the run's own files), each by rename."""
+    with gathered_module(engine):
+        if dist.rank == 0:
+            tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+            try:
+                engine.module.save_pretrained(str(tmp))
+                copy_tokenizer_files(base, tmp)
+                for f in tmp.iterdir():
+                    os.replace(f, out / f.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    barrier(dist)
+
+
+def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path) -> None:
+    """Fold a saved adapter into a fresh copy of the base and save it as a plain HF model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                      str(adapter_dir))
+    merged = model.merge_and_unload()
+    with atomic_path(out) as tmp:
+        merged.save_pretrained(str(tmp))
+        copy_tokenizer_files(base, tmp)
+
+
+def train_lora(cfg: LoraConfig) -> RunStats:
+    """Train one adapter; every rank calls this, rank 0 writes the adapter and summary."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoTokenizer
+
+    check_inputs(cfg)
+    if cfg.qlora and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        _load_base(cfg)  # raises the clear error before any process group is set up
+    dist = init_distributed(cfg.device)
+    out = Path(cfg.out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = prepare(cfg, tokenizer, dist.world_size)
+    run_cfg = cfg.model_copy(update={"max_steps": max_steps})
+
+    base_model = _load_base(cfg)
+    present = {name.rsplit(".", 1)[-1] for name, _ in base_model.named_modules()}
+    missing = [t for t in cfg.targets if t not in present]
+    if missing:
+        raise ValueError(f"target modules {missing} are not in the base model")
+    model = get_peft_model(base_model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                      target_modules=cfg.targets, task_type="CAUSAL_LM"))
+    from lmforge.train.model import flops_per_token
+
+    with Telemetry(dist.rank, prefix="lora") as tel:
+        result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
+                       flops_per_token=flops_per_token(base_model.config, cfg.max_len),
+                       config_record=run_cfg.model_dump())
+        _save_adapter(result.engine, out, cfg.base, dist)
+        if cfg.merge and dist.rank == 0:
+            merge_adapter(cfg.base, out, out / "merged")
+        stats = RunStats(**result.to_metadata(), **{f"data_{k}": v for k, v in data_stats.to_metadata().items()},
+                         trainable_fraction=result.trainable_params / result.params, rank=cfg.rank,
+                         alpha=cfg.alpha, targets=cfg.targets, qlora=cfg.qlora, world_size=dist.world_size,
+                         adapter_dir=str(out), merged_dir=str(out / "merged") if cfg.merge else None)
+        stats["val_loss"] = stats.pop("final_val_loss")
+        if dist.rank == 0:
+            write_json(out / "summary.json", dict(stats))
+        tel.report(stats)
+    stats.model = result.engine.module
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lmforge.train.launch import run_cli
+    from lmforge.train.sft import add_common_flags
+
+    p = argparse.ArgumentParser(prog="lmforge lora", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p)
+    p.add_argument("--out", dest="out_dir", help="adapter directory (PEFT) and run files")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
+    p.add_argument("--targets", type=lambda s: [t for t in s.split(",") if t],
+                   help="comma-separated module names (default: q,k,v,o,gate,up,down projections)")
+    p.add_argument("--merge", action="store_true", default=None, help="also export a merged HF model")
+    p.add_argument("--qlora", action="store_true", default=None, help="4-bit base (needs CUDA + bitsandbytes)")
+    return run_cli("lmforge.train.lora", LoraConfig, train_lora, p, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Pretraining: a Llama-style model on memory-mapped token shards.
+
+    lmforge pretrain --preset tiny --data TOKENS_DIR --tokenizer TOKENIZER_DIR --out RUN_DIR
+
+Running the same command on the same RUN_DIR resumes from its newest checkpoint. ``--nproc N``
+re-launches itself under torchrun with N ranks (DeepSpeed ZeRO shards across them).
+
+The run directory holds ``model/`` (Hugging Face ``save_pretrained`` + tokenizer files: loads with
+``AutoModelForCausalLM`` / ``AutoTokenizer``), ``checkpoints/`` (DeepSpeed, for resume),
+``metrics.jsonl`` (one line per logged step), ``summary.json``, ``train_config.json`` and
+``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pydantic import Field
+
+from lmforge.io import write_json
+from lmforge.train import launch
+from lmforge.train.data import TokenWindows, read_header
+from lmforge.train.loop import TrainConfig, init_distributed, save_hf_model, train
+from lmforge.train.model import PRESETS, build_model, chinchilla_tokens, flops_per_token, get_preset, model_config
+from lmforge.train.telemetry import Telemetry
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class PretrainConfig(TrainConfig):
+    """Defaults are the ``tiny`` preset: trains on two CPU cores in about a minute."""
+
+    preset: str = Field("tiny", description=f"model size: one of {sorted(PRESETS)}")
+    data_dir: str = Field("", description="token shards: train.bin/.json, val.bin/.json")
+    tokenizer_dir: str = Field("", description="Hugging Face tokenizer directory")
+    out_dir: str = Field("", description="run directory (resumes if it holds a checkpoint)")
+    seq_len: int | None = Field(None, ge=8, description="context length (None: the preset's)")
+
+
+class PretrainStats(dict):
+    """The run's summary (also written to ``summary.json``); ``.model`` is the trained model."""
+
+    model = None
+
+    def to_metadata(self) -> dict:
+        return dict(self)
+
+
+def _check(cfg: PretrainConfig) -> None:
+    for name in ("data_dir", "tokenizer_dir", "out_dir"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name} is required")
+    get_preset(cfg.preset)
+    if not Path(cfg.tokenizer_dir, "tokenizer.json").exists():
+        raise FileNotFoundError(f"no tokenizer.json in {cfg.tokenizer_dir}")
+    read_header(cfg.data_dir, "train")
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainStats:
+    """Train (or resume) one run; every rank calls this, rank 0 writes the outputs."""
+    from transformers import AutoTokenizer
+
+    _check(cfg)
+    dist = init_distributed(cfg.device)
+    out = Path(cfg.out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+    seq_len = cfg.seq_len or get_preset(cfg.preset).seq_len
+    train_windows = TokenWindows(cfg.data_dir, "train", seq_len, seed=cfg.seed)
+    val_windows = (TokenWindows(cfg.data_dir, "val", seq_len, seed=cfg.seed)
+                   if Path(cfg.data_dir, "val.json").exists() else None)
+    if train_windows.vocab_size > len(tokenizer):
+        raise ValueError(f"shards were written with vocab_size {train_windows.vocab_size} but the "
+                         f"tokenizer has {len(tokenizer)} tokens: wrong --tokenizer?")
+    mconf = model_config(cfg.preset, len(tokenizer), bos_id=tokenizer.bos_token_id,
+                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seq_len=seq_len)
+    model = build_model(mconf, seed=cfg.seed)
+
+    def batch_fn(step, micro, rank, world):
+        return train_windows.batch(step, micro, cfg.micro_batch, cfg.grad_accum, rank, world)
+
+    def eval_fn(rank, world):
+        return val_windows.eval_batches(cfg.eval_batches, cfg.micro_batch, rank, world)
+
+    with Telemetry(dist.rank, prefix="pretrain") as tel:
+        tel.log(f"preset {cfg.preset}: {sum(p.numel() for p in model.parameters()):,} params, "
+                f"{dist.world_size} process(es) on {dist.device}, ZeRO {cfg.zero_stage}, "
+                f"{cfg.micro_batch * cfg.grad_accum * dist.world_size * seq_len:,} tokens/step")
+        result = train(model, cfg, out, batch_fn=batch_fn, eval_fn=eval_fn if val_windows else None,
+                       dist=dist, telemetry=tel, flops_per_token=flops_per_token(mconf, seq_len),
+                       config_record=cfg.model_dump())
+        save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.tokenizer_dir)
+        stats = PretrainStats(
+            preset=cfg.preset, params=result.params, steps=result.steps,
+            first_loss=result.first_loss, final_loss=result.final_loss, val_loss=result.final_val_loss,
+            tokens=result.tokens, tokens_per_s=result.tokens_per_s, mfu=result.mfu,
+            wall_s=result.wall_s, world_size=dist.world_size, zero_stage=cfg.zero_stage,
+            seq_len=seq_len, vocab_size=len(tokenizer), chinchilla_tokens=chinchilla_tokens(result.params),
+            resumed_from=result.resumed_from, device=str(dist.device), model_dir=str(out / "model"))
+        if dist.rank == 0:
+            write_json(out / "summary.json", dict(stats))
+        tel.report(stats)
+    stats.model = result.engine.module
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmforge pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="PretrainConfig as a JSON file or inline JSON; flags override it")
+    p.add_argument("--preset", help=f"model size: {', '.join(PRESETS)} (default tiny)")
+    p.add_argument("--data", dest="data_dir", help="token shard directory (train.bin/.json, val.bin/.json)")
+    p.add_argument("--tokenizer", dest="tokenizer_dir", help="Hugging Face tokenizer directory")
+    p.add_argument("--out", dest="out_dir", help="run directory; an existing checkpoint there is resumed")
+    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps")
+    p.add_argument("--micro-batch", dest="micro_batch", type=int, help="sequences per micro-batch per process")
+    p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step")
+    p.add_argument("--seq-len", dest="seq_len", type=int, help="context length")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--schedule", choices=["cosine", "wsd", "constant"], help="learning-rate schedule")
+    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="val loss every N steps")
+    p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--seed", type=int, help="initialisation and data-order seed")
+    p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")
+    p.add_argument("--launcher", choices=launch.LAUNCHERS, default="torchrun", help="for --nproc > 1")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return launch.run_cli("lmforge.train.pretrain", PretrainConfig, pretrain, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

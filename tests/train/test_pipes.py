@@ -1,0 +1,43 @@
+"""Training as a separate process under Dagster Pipes: the process started from
+``launch.command`` speaks the Pipes protocol (context in, messages out) that
+``PipesSubprocessClient`` sets up, logging progress and reporting the materialization."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR, encode_env_var
+
+from lmforge.train.launch import command
+from lmforge.train.pretrain import PretrainConfig
+
+
+def test_pretrain_under_pipes_reports_progress_and_metadata(shards_dir, tokenizer_dir, tmp_path):
+    cfg = PretrainConfig(data_dir=str(shards_dir), tokenizer_dir=str(tokenizer_dir), out_dir=str(tmp_path / "run"),
+                         seq_len=32, micro_batch=4, max_steps=4, warmup_steps=1, log_every=2, eval_batches=1,
+                         device="cpu")
+    config_path = tmp_path / "pretrain.json"
+    config_path.write_text(cfg.model_dump_json())
+    messages = tmp_path / "messages.jsonl"
+    context = {"asset_keys": ["pretrained_model"], "code_version_by_asset_key": None,
+               "provenance_by_asset_key": None, "partition_key": None, "partition_key_range": None,
+               "partition_time_window": None, "run_id": "test-run", "job_name": None, "retry_number": 0,
+               "extras": {}}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           DAGSTER_PIPES_CONTEXT_ENV_VAR: encode_env_var({"data": context}),
+           DAGSTER_PIPES_MESSAGES_ENV_VAR: encode_env_var({"path": str(messages)})}
+    proc = subprocess.run(command("lmforge.train.pretrain", config_path, 1, "python"), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    msgs = [json.loads(line) for line in messages.read_text().splitlines()]
+    methods = [m["method"] for m in msgs]
+    assert methods[0] == "opened" and methods[-1] == "closed"
+    logs = [m["params"]["message"] for m in msgs if m["method"] == "log"]
+    assert any(line.startswith("step 2/4 loss") and "tokens/s" in line and "MFU" in line for line in logs)
+    (report,) = [m["params"] for m in msgs if m["method"] == "report_asset_materialization"]
+    metadata = {k: v["raw_value"] for k, v in report["metadata"].items()}
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert metadata["final_loss"] == summary["final_loss"] and metadata["steps"] == 4
+    assert {"tokens_per_s", "mfu", "params", "val_loss", "first_loss"} <= set(metadata)
