@@ -7,6 +7,7 @@ own, with the removed documents (and why) beside them.
 
 import dagster as dg
 
+from lmforge.curate.decontaminate import DecontamConfig, decontaminate
 from lmforge.curate.dedup import DedupConfig, dedup_documents
 from lmforge.curate.extract import ExtractConfig, extract, removed_path_for
 from lmforge.curate.filter import FilterConfig, filter_documents
@@ -16,6 +17,7 @@ from resources import ArtifactStore, dagster_config, engine_config
 ExtractedDocumentsConfig = dagster_config(ExtractConfig, "ExtractedDocumentsConfig")
 FilteredDocumentsConfig = dagster_config(FilterConfig, "FilteredDocumentsConfig")
 DeduplicatedDocumentsConfig = dagster_config(DedupConfig, "DeduplicatedDocumentsConfig")
+DecontaminatedDocumentsConfig = dagster_config(DecontamConfig, "DecontaminatedDocumentsConfig")
 
 
 def documents_path(store: ArtifactStore, asset_name: str):
@@ -60,6 +62,22 @@ def deduplicated_documents(config: DeduplicatedDocumentsConfig,
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
 
+@dg.asset(code_version="decontam-1", group_name="data", kinds={"parquet"},
+          deps=[deduplicated_documents])
+def decontaminated_documents(context: dg.AssetExecutionContext,
+                             config: DecontaminatedDocumentsConfig,
+                             store: ArtifactStore) -> dg.MaterializeResult:
+    """Deduplicated documents without any that share a 13-gram with an evaluation set."""
+    out = documents_path(store, "decontaminated_documents")
+    stats = decontaminate(documents_path(store, "deduplicated_documents"), out,
+                          removed_path(store, "decontaminated_documents"),
+                          engine_config(DecontamConfig, config))
+    meta = stats.to_metadata()
+    for name, reason in meta.get("skipped_benchmarks", {}).items():
+        context.log.warning("decontamination against %s skipped: %s", name, reason)
+    return dg.MaterializeResult(metadata={"path": str(out), **meta})
+
+
 def _not_empty(store: ArtifactStore, asset_name: str) -> dg.AssetCheckResult:
     path = documents_path(store, asset_name)
     rows = count_rows(path) if path.exists() else 0
@@ -80,6 +98,21 @@ def filtered_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
 @dg.asset_check(asset=deduplicated_documents, blocking=True)
 def deduplicated_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
     return _not_empty(store, "deduplicated_documents")
+
+
+@dg.asset_check(asset=decontaminated_documents, blocking=True)
+def decontaminated_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
+    return _not_empty(store, "decontaminated_documents")
+
+
+@dg.asset_check(asset=decontaminated_documents)
+def decontamination_covered_every_benchmark(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """A warning when a benchmark's data was missing, so its contamination was not checked."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("decontaminated_documents"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    skipped = meta["skipped_benchmarks"].value if "skipped_benchmarks" in meta else {}
+    return dg.AssetCheckResult(passed=not skipped, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"skipped": dg.MetadataValue.json(skipped)})
 
 
 @dg.asset_check(asset=deduplicated_documents)

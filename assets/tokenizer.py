@@ -16,11 +16,11 @@ MIN_BYTES_PER_TOKEN = 2.0
 
 
 def corpus_path(store: ArtifactStore):
-    return store.path("deduplicated_documents", "documents.parquet")
+    return store.path("decontaminated_documents", "documents.parquet")
 
 
 @dg.asset(code_version="bpe-1", group_name="tokenizer", kinds={"huggingface"},
-          deps=["deduplicated_documents"])
+          deps=["decontaminated_documents"])
 def tokenizer(config: TokenizerRunConfig, store: ArtifactStore) -> dg.MaterializeResult:
     """A byte-level BPE tokenizer with chat special tokens and a ChatML template."""
     out = store.path("tokenizer", "tokenizer")

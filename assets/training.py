@@ -38,12 +38,12 @@ class SFTConversationsConfig(dg.Config):
 
 
 @dg.asset(code_version="sft-data-1", group_name="training", kinds={"jsonl"},
-          deps=["deduplicated_documents"])
+          deps=["decontaminated_documents"])
 def sft_conversations(context: dg.AssetExecutionContext, config: SFTConversationsConfig,
                       store: ArtifactStore) -> dg.MaterializeResult:
     """Chat-format instruction data: `documents.jsonl` derived from the crawled corpus (for SFT),
     and `math.jsonl` from GSM8K's train split (for the LoRA adapter) when the mirror is present."""
-    docs = store.path("deduplicated_documents", "documents.parquet")
+    docs = store.path("decontaminated_documents", "documents.parquet")
     out_docs = store.path("sft_conversations", "documents.jsonl")
     stats = sft_data_from_documents(docs, out_docs, max_examples=config.max_document_examples,
                                     seed=config.seed)

@@ -28,11 +28,12 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
     lines = ["", "lmforge demo: summary", "=" * 21]
     docs = [(k, _metadata(instance, k)) for k in
-            ("extracted_documents", "filtered_documents", "deduplicated_documents")]
+            ("extracted_documents", "filtered_documents", "deduplicated_documents",
+             "decontaminated_documents")]
     crawl = _metadata(instance, "crawled_pages")
     lines.append(f"crawled pages:          {crawl.get('pages_fetched', crawl.get('pages', '?'))}")
     for key, meta in docs:
-        lines.append(f"{key + ':':<24}{meta.get('kept_documents', meta.get('documents', '?'))}")
+        lines.append(f"{key + ':':<26}{meta.get('kept_documents', meta.get('documents', '?'))}")
     tok = _metadata(instance, "tokenizer")
     lines.append(f"tokenizer vocabulary:   {tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")

@@ -26,8 +26,15 @@ def _dagster_type(tp: Any) -> Any:
         inner = args[0] if args else str
         return list[_dagster_type(inner)]
     if origin is typing.Union or origin is types.UnionType:
-        mapped = tuple(_dagster_type(a) for a in args)
-        return typing.Union[mapped]  # type: ignore[return-value]
+        present = [a for a in args if a is not type(None)]
+        optional = len(present) < len(args)
+        if set(present) <= {int, float} and len(present) == 2:
+            inner: Any = float  # a count or a fraction: Dagster has no unions of scalars
+        elif len(present) == 1:
+            inner = _dagster_type(present[0])
+        else:
+            raise TypeError(f"config type {tp} has no Dagster equivalent")
+        return typing.Optional[inner] if optional else inner
     if origin is list and args:
         return list[_dagster_type(args[0])]
     return tp

@@ -15,8 +15,8 @@ def test_definitions_load_and_declare_versions():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"crawled_pages", "extracted_documents", "filtered_documents", "deduplicated_documents",
-            "tokenizer", "token_shards", "sft_conversations", "pretrained_model", "sft_model",
-            "lora_adapter", "base_model_eval", "sft_model_eval", "lora_model_eval",
+            "decontaminated_documents", "tokenizer", "token_shards", "sft_conversations",
+            "pretrained_model", "sft_model", "lora_adapter", "base_model_eval", "sft_model_eval", "lora_model_eval",
             "pipeline_report"} <= keys
     for key in graph.get_all_asset_keys():
         assert graph.get(key).code_version, f"{key} has no code_version"

