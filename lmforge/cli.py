@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("lmforge.curate.extract", "WARC files -> main text as Parquet documents"),
     "filter": ("lmforge.curate.filter", "language ID and quality filters over Parquet documents"),
     "dedup": ("lmforge.curate.dedup", "exact and MinHash LSH near-duplicate removal"),
+    "quality": ("lmforge.curate.quality",
+                "train a fastText quality classifier (DCLM-style) or score documents with it"),
     "decontaminate": ("lmforge.curate.decontaminate",
                       "remove documents sharing 13-grams with MMLU, GSM8K or HumanEval"),
     "train-tokenizer": ("lmforge.tokenize.bpe", "train a byte-level BPE tokenizer with a chat template"),

@@ -19,19 +19,20 @@ class ArtifactStore(dg.ConfigurableResource):
     """A local directory (relative paths are taken from the current directory)."""
 
     root: str = Field(
-        default_factory=lambda: os.environ.get("LMFORGE_ARTIFACTS", "artifacts"),
-        description="Directory that holds one sub-directory per asset. LMFORGE_ARTIFACTS sets the "
-        "default. Remote object stores (s3://, gs://) are not supported yet: mount them, or "
-        "sync this directory after the run.",
+        default="",
+        description="Directory that holds one sub-directory per asset. Empty: LMFORGE_ARTIFACTS, "
+        "else ./artifacts (read when the run starts). Remote object stores (s3://, gs://) are not "
+        "supported yet: mount them, or sync this directory after the run.",
     )
 
     def base(self) -> Path:
-        if "://" in self.root:
+        root = self.root or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
+        if "://" in root:
             raise ValueError(
-                f"ArtifactStore.root={self.root!r}: remote URLs are not supported yet; use a local "
+                f"ArtifactStore.root={root!r}: remote URLs are not supported yet; use a local "
                 "or mounted directory"
             )
-        return Path(self.root).expanduser().resolve()
+        return Path(root).expanduser().resolve()
 
     def asset_dir(self, name: str) -> Path:
         """The directory of one asset's output (created if missing)."""
