@@ -9,9 +9,9 @@ import dagster as dg
 
 from lmforge.curate.decontaminate import DecontamConfig, decontaminate
 from lmforge.curate.dedup import DedupConfig, dedup_documents
-from lmforge.curate.extract import ExtractConfig, extract, removed_path_for
+from lmforge.curate.extract import ExtractConfig, extract
 from lmforge.curate.filter import FilterConfig, filter_documents
-from lmforge.io import count_rows
+from lmforge.io import count_rows, removed_path_for
 from resources import ArtifactStore, dagster_config, engine_config
 
 ExtractedDocumentsConfig = dagster_config(ExtractConfig, "ExtractedDocumentsConfig")

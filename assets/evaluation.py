@@ -1,18 +1,23 @@
 """Evaluation: the base, SFT and LoRA models through lm-evaluation-harness.
 
-One asset per model, each running the configured suite (``eval_suites/<suite>.yaml``). A
-benchmark whose data is unavailable is reported as skipped, with the reason, in the metadata.
+One asset per model, partitioned by suite (``eval_suites/<suite>.yaml``): materializing the
+`standard` partition of `sft_model_eval` runs the standard suite on the SFT model. A benchmark
+whose data is unavailable is reported as skipped, with the reason, in the metadata. Each
+evaluation is compared with the previous one of the same model and suite, so a regression shows
+in the UI (and blocks the report where the suite says so).
 """
-
 
 import dagster as dg
 
-from lmforge.evaluate.harness import EvalConfig, EvalSummary, evaluate
+from lmforge.evaluate.harness import (EvalConfig, EvalSummary, evaluate, load_suite, regressions,
+                                      suite_names)
 from lmforge.io import read_json
 from resources import ArtifactStore, dagster_config, engine_config
 
-EVAL_INPUT_FIELDS = {"model_dir", "adapter_dir", "heldout_path", "out_dir"}
-ModelEvalConfig = dagster_config(EvalConfig, "ModelEvalConfig", exclude=EVAL_INPUT_FIELDS)
+SUITES = dg.StaticPartitionsDefinition(suite_names())
+ModelEvalConfig = dagster_config(
+    EvalConfig, "ModelEvalConfig",
+    exclude={"model_dir", "adapter_dir", "heldout_path", "out_dir", "suite"})
 
 # asset name -> (upstream asset, model directory, adapter directory) inside the artifact store
 EVALUATED = {
@@ -22,65 +27,92 @@ EVALUATED = {
 }
 
 
+def results_dir(store: ArtifactStore, name: str, suite: str):
+    return store.path(name, suite)
+
+
+def _summary(store: ArtifactStore, name: str, suite: str) -> EvalSummary | None:
+    path = results_dir(store, name, suite) / "summary.json"
+    return EvalSummary.model_validate(read_json(path)) if path.exists() else None
+
+
 def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple[str, ...] | None):
     @dg.asset(name=name, code_version="eval-1", group_name="evaluation", kinds={"lm-eval"},
-              deps=[upstream, "token_shards"])
+              deps=[upstream, "token_shards"], partitions_def=SUITES)
     def _asset(context: dg.AssetExecutionContext, config: ModelEvalConfig,
                store: ArtifactStore) -> dg.MaterializeResult:
+        suite = context.partition_key
         cfg = engine_config(
-            EvalConfig, config,
+            EvalConfig, config, suite=suite,
             model_dir=str(store.path(*model)),
             adapter_dir=str(store.path(*adapter)) if adapter else None,
             heldout_path=str(store.path("token_shards", "shards", "val.parquet")),
-            out_dir=str(store.path(name, "results")),
+            out_dir=str(results_dir(store, name, suite)),
         )
         summary = evaluate(cfg)
         for task, reason in summary.skipped.items():
             context.log.warning("%s skipped: %s", task, reason)
         return dg.MaterializeResult(metadata={
-            "path": cfg.out_dir, "scores": dg.MetadataValue.md(summary.to_markdown()),
-            **summary.to_metadata()})
+            "path": cfg.out_dir, "table": dg.MetadataValue.md(summary.to_markdown()),
+            "scores": dg.MetadataValue.json(summary.scores), **summary.to_metadata()})
 
-    @dg.asset_check(asset=_asset, name="eval_results_present", blocking=True)
-    def _results_present(store: ArtifactStore) -> dg.AssetCheckResult:
-        return _results_check(store, name)
+    @dg.asset_check(asset=_asset, name="eval_results_present", blocking=True,
+                    partitions_def=SUITES)
+    def _results_present(context: dg.AssetCheckExecutionContext,
+                         store: ArtifactStore) -> dg.AssetCheckResult:
+        """Every task of the suite has a score, or a stated reason for being skipped."""
+        summary = _summary(store, name, context.partition_key)
+        if summary is None:
+            return dg.AssetCheckResult(passed=False, description="no evaluation summary was written")
+        missing = [t.name for t in summary.tasks if (t.status == "ok" and t.score is None)
+                   or (t.status == "skipped" and not t.reason)]
+        return dg.AssetCheckResult(
+            passed=bool(summary.scores) and not missing,
+            description=f"no result for {missing}" if missing else None,
+            metadata={"scored": len(summary.scores), "skipped": len(summary.skipped)})
 
-    @dg.asset_check(asset=_asset, name="eval_above_thresholds")
-    def _above_thresholds(store: ArtifactStore) -> dg.AssetCheckResult:
-        return _thresholds_check(store, name)
+    @dg.asset_check(asset=_asset, name="eval_above_thresholds", partitions_def=SUITES)
+    def _above_thresholds(context: dg.AssetCheckExecutionContext,
+                          store: ArtifactStore) -> dg.AssetCheckResult:
+        """Scores within the suite's thresholds (a warning: tiny models score at chance)."""
+        summary = _summary(store, name, context.partition_key)
+        failed = summary.failed if summary else ["no summary"]
+        return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"failed": dg.MetadataValue.json(failed)})
 
-    return _asset, _results_present, _above_thresholds
+    @dg.asset_check(asset=_asset, name="eval_no_regression", blocking=True, partitions_def=SUITES)
+    def _no_regression(context: dg.AssetCheckExecutionContext,
+                       store: ArtifactStore) -> dg.AssetCheckResult:
+        """No task worse than in the previous evaluation of this model and suite by more than
+        the suite's `max_regression`; blocking when the suite sets `block_on_regression`."""
+        suite_name = context.partition_key
+        suite = load_suite(suite_name)
+        summary = _summary(store, name, suite_name)
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[suite_name]),
+            limit=2).records
+        if summary is None or suite.max_regression is None or len(records) < 2:
+            why = ("no summary" if summary is None else "the suite sets no max_regression"
+                   if suite.max_regression is None else "no previous evaluation to compare with")
+            return dg.AssetCheckResult(passed=summary is not None, description=why)
+        previous_meta = records[1].event_log_entry.asset_materialization.metadata
+        previous = previous_meta["scores"].value if "scores" in previous_meta else {}
+        found = regressions(previous, summary, suite.max_regression)
+        severity = (dg.AssetCheckSeverity.ERROR if suite.block_on_regression
+                    else dg.AssetCheckSeverity.WARN)
+        return dg.AssetCheckResult(
+            passed=not found, severity=severity,
+            description=f"regressed: {', '.join(found)}" if found else None,
+            metadata={"regressions": dg.MetadataValue.json(found),
+                      "previous": dg.MetadataValue.json(previous),
+                      "max_regression": suite.max_regression})
+
+    return _asset, _results_present, _above_thresholds, _no_regression
 
 
-def _summary(store: ArtifactStore, name: str) -> EvalSummary | None:
-    path = store.path(name, "results", "summary.json")
-    return EvalSummary.model_validate(read_json(path)) if path.exists() else None
-
-
-def _results_check(store: ArtifactStore, name: str) -> dg.AssetCheckResult:
-    """Every task of the suite has a score, or a stated reason for being skipped."""
-    summary = _summary(store, name)
-    if summary is None:
-        return dg.AssetCheckResult(passed=False, description="no evaluation summary was written")
-    missing = [t.name for t in summary.tasks
-               if (t.status == "ok" and t.score is None) or (t.status == "skipped" and not t.reason)]
-    return dg.AssetCheckResult(
-        passed=bool(summary.scores) and not missing,
-        description=f"no result for {missing}" if missing else None,
-        metadata={"scored": len(summary.scores), "skipped": len(summary.skipped)})
-
-
-def _thresholds_check(store: ArtifactStore, name: str) -> dg.AssetCheckResult:
-    """Scores within the suite's thresholds (a warning: tiny models score at chance)."""
-    summary = _summary(store, name)
-    failed = summary.failed if summary else ["no summary"]
-    return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
-                               metadata={"failed": dg.MetadataValue.json(failed)})
-
-
-base_model_eval, base_eval_results, base_eval_thresholds = _eval_asset(
-    "base_model_eval", *EVALUATED["base_model_eval"])
-sft_model_eval, sft_eval_results, sft_eval_thresholds = _eval_asset(
-    "sft_model_eval", *EVALUATED["sft_model_eval"])
-lora_model_eval, lora_eval_results, lora_eval_thresholds = _eval_asset(
-    "lora_model_eval", *EVALUATED["lora_model_eval"])
+(base_model_eval, base_eval_results, base_eval_thresholds,
+ base_eval_regression) = _eval_asset("base_model_eval", *EVALUATED["base_model_eval"])
+(sft_model_eval, sft_eval_results, sft_eval_thresholds,
+ sft_eval_regression) = _eval_asset("sft_model_eval", *EVALUATED["sft_model_eval"])
+(lora_model_eval, lora_eval_results, lora_eval_thresholds,
+ lora_eval_regression) = _eval_asset("lora_model_eval", *EVALUATED["lora_model_eval"])

@@ -122,3 +122,15 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
 
 def count_rows(path: str | os.PathLike) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+# The removed documents of a stage go beside its output, whatever the stage.
+def removed_path_for(out_path: str | os.PathLike) -> Path:
+    """Where the documents that did not make it into ``out_path`` go.
+
+    ``docs.parquet`` -> ``docs.removed.parquet`` in the same directory (any other name gets
+    ``.removed.parquet`` appended).
+    """
+    p = Path(out_path)
+    stem = p.name[: -len(".parquet")] if p.name.endswith(".parquet") else p.name
+    return p.with_name(f"{stem}.removed.parquet")

@@ -10,7 +10,7 @@ import assets.evaluation
 import assets.report
 import assets.tokenizer
 import assets.training
-from pipelines.presets import PRESETS, run_config
+from pipelines.presets import PRESET_SUITES, PRESETS, job_name, run_config
 from resources import ArtifactStore, TrainingLauncher
 
 ASSET_MODULES = [assets.crawl, assets.data, assets.tokenizer, assets.training, assets.evaluation,
@@ -19,31 +19,33 @@ ASSET_MODULES = [assets.crawl, assets.data, assets.tokenizer, assets.training, a
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
-# One job per preset over the whole graph; `full_pipeline` is the tiny one.
+# One job per preset over the whole graph; `full_pipeline` is the tiny one. The jobs are
+# partitioned by evaluation suite (the evaluation assets' partitions): a run's partition key
+# says which suite evaluates its models.
 jobs = [
     dg.define_asset_job(
-        "full_pipeline" if preset == "tiny" else f"full_pipeline_{preset.replace('-', '_')}",
+        job_name(preset),
         selection=dg.AssetSelection.all(include_sources=False),
         config=run_config(preset),
-        description=f"Every asset, crawl to report, with the `{preset}` preset.",
+        description=f"Every asset, crawl to report, with the `{preset}` preset "
+        f"(evaluate with the `{PRESET_SUITES[preset]}` suite).",
         tags={"preset": preset},
     )
     for preset in PRESETS
 ]
 
-nightly = dg.ScheduleDefinition(
-    name="nightly_full_pipeline",
-    job_name="full_pipeline",
-    cron_schedule="0 2 * * *",
-    execution_timezone="UTC",
-    description="Crawl, curate, train and evaluate every night at 02:00 UTC.",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+
+@dg.schedule(job_name="full_pipeline", cron_schedule="0 2 * * *", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.RUNNING)
+def nightly_full_pipeline(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Crawl, curate, train and evaluate every night at 02:00 UTC."""
+    return dg.RunRequest(run_key=context.scheduled_execution_time.isoformat(),
+                         partition_key=PRESET_SUITES["tiny"], run_config=run_config("tiny"))
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=jobs,
-    schedules=[nightly],
+    schedules=[nightly_full_pipeline],
     resources={"store": ArtifactStore(), "launcher": TrainingLauncher()},
 )

@@ -24,6 +24,10 @@ def _metadata(instance, key: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def summary_lines(instance, artifacts: Path) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
     lines = ["", "lmforge demo: summary", "=" * 21]
@@ -31,24 +35,28 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
             ("extracted_documents", "filtered_documents", "deduplicated_documents",
              "decontaminated_documents")]
     crawl = _metadata(instance, "crawled_pages")
-    lines.append(f"crawled pages:          {crawl.get('pages_fetched', crawl.get('pages', '?'))}")
+    lines.append(f"{'crawled pages:':<26}{crawl.get('pages_fetched', '?')}")
     for key, meta in docs:
         lines.append(f"{key + ':':<26}{meta.get('kept_documents', meta.get('documents', '?'))}")
     tok = _metadata(instance, "tokenizer")
-    lines.append(f"tokenizer vocabulary:   {tok.get('vocab_size', '?')} "
+    lines.append(f"{'tokenizer vocabulary:':<26}{tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")
     for key in ("pretrained_model", "sft_model", "lora_adapter"):
         meta = _metadata(instance, key)
-        lines.append(f"{key + ' loss:':<24}{meta.get('first_loss', '?')} -> {meta.get('final_loss', '?')}")
+        lines.append(f"{key + ' loss:':<26}{_num(meta.get('first_loss', '?'))} -> "
+                     f"{_num(meta.get('final_loss', '?'))}")
     for key in ("base_model_eval", "sft_model_eval", "lora_model_eval"):
         meta = _metadata(instance, key)
         scores = {k: v for k, v in meta.items()
                   if k.split("/")[0] in ("mmlu", "gsm8k", "humaneval", "heldout_bpb")}
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in scores.items()) or "no scores"
-        lines.append(f"{key + ':':<24}{shown}")
+        shown = ", ".join(f"{k}={_num(v)}" for k, v in scores.items()) or "no scores"
+        skipped = meta.get("skipped") or {}
+        if skipped:
+            shown += f" (skipped: {', '.join(skipped)})"
+        lines.append(f"{key + ':':<26}{shown}")
     lines += ["", f"artifacts:   {artifacts}",
               f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
+              f"evaluations: {artifacts}/<model>_model_eval/<suite>/ (lm-eval results.json)",
               f"dagster:     {os.environ['DAGSTER_HOME']}",
               "open the UI: make ui   (then http://127.0.0.1:3000)"]
     return lines
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Materialize every asset of the graph with a preset (default: tiny, a few "
         "minutes on a laptop CPU, offline) into the project's Dagster instance.")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--suite", default=None,
+                        help="evaluation suite (default: the preset's; tiny: smoke)")
     parser.add_argument("--artifacts", default=None,
                         help="artifact directory (default: LMFORGE_ARTIFACTS or ./artifacts)")
     args = parser.parse_args(argv)
@@ -91,15 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from pipelines.definitions import defs
-    from pipelines.presets import run_config
+    from pipelines.presets import PRESET_SUITES, job_name, run_config
     from resources import ArtifactStore
 
-    job_name = "full_pipeline" if args.preset == "tiny" else \
-        f"full_pipeline_{args.preset.replace('-', '_')}"
     instance = dg.DagsterInstance.get()
     started = time.time()
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config=run_config(args.preset), instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def(job_name(args.preset)).execute_in_process(
+        run_config=run_config(args.preset), instance=instance, raise_on_error=False,
+        partition_key=args.suite or PRESET_SUITES[args.preset])
     elapsed = time.time() - started
     artifacts = ArtifactStore().base()
     for line in summary_lines(instance, artifacts):

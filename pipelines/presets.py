@@ -22,7 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "compile": True},
         "sft_model": {"device": "cuda"},
         "lora_adapter": {"device": "cuda"},
-        **{name: {"suite": "standard", "device": "cuda"}
+        **{name: {"device": "cuda"}
            for name in ("base_model_eval", "sft_model_eval", "lora_model_eval")},
     },
     "1b": {
@@ -32,10 +32,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "compile": True, "zero_stage": 2},
         "sft_model": {"device": "cuda"},
         "lora_adapter": {"device": "cuda"},
-        **{name: {"suite": "standard", "device": "cuda"}
+        **{name: {"device": "cuda"}
            for name in ("base_model_eval", "sft_model_eval", "lora_model_eval")},
     },
 }
+
+
+# The evaluation suite each preset's job runs: the suite is the evaluation assets' partition.
+PRESET_SUITES: dict[str, str] = {"tiny": "smoke", "gpt2-124m": "standard", "1b": "standard"}
+
+
+def job_name(preset: str) -> str:
+    return "full_pipeline" if preset == "tiny" else f"full_pipeline_{preset.replace('-', '_')}"
 
 
 def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -62,7 +62,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from lmforge.curate.text import extend_schema, input_schema, open_sinks
-from lmforge.io import read_parquet_rows
+from lmforge.io import read_parquet_rows, removed_path_for
 from lmforge.paths import benchmarks_dir as default_benchmarks_dir
 from lmforge.paths import package_file
 
@@ -536,11 +536,6 @@ def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = 
     return stats
 
 
-def default_removed_path(out_path: str | Path) -> Path:
-    out = Path(out_path)
-    return out.with_name(f"{out.stem}.removed.parquet")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lmforge decontaminate",
@@ -569,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true",
                    help="fail when a benchmark's data is missing instead of skipping it")
     args = p.parse_args(argv)
-    removed = args.removed or default_removed_path(args.output)
+    removed = args.removed or removed_path_for(args.output)
     try:
         cfg = DecontamConfig(ngram=args.ngram, benchmarks=args.benchmarks.split(","),
                              benchmarks_dir=args.benchmarks_dir,

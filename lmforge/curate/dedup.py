@@ -35,7 +35,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from pydantic import BaseModel, Field
 
 from lmforge.curate.text import extend_schema, input_schema, normalize, open_sinks, shingle_hashes
-from lmforge.io import atomic_path, read_parquet_rows
+from lmforge.io import atomic_path, read_parquet_rows, removed_path_for
 
 INDEX_FORMAT = 1
 _SCHEME = "affine32"  # datasketch 2's default permutation scheme (32-bit values)
@@ -331,11 +331,6 @@ def dedup_documents(in_path, out_path, removed_path, cfg: DedupConfig | None = N
     return stats
 
 
-def default_removed_path(out_path: str | Path) -> Path:
-    out = Path(out_path)
-    return out.with_name(f"{out.stem}.removed.parquet")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lmforge dedup",
@@ -356,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="confirm LSH candidates by exact Jaccard of shingle sets (default), by the "
                         "MinHash estimate (less memory), or not at all")
     args = p.parse_args(argv)
-    removed = args.removed or default_removed_path(args.output)
+    removed = args.removed or removed_path_for(args.output)
     try:
         cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm, shingle=args.shingle,
                           seed=args.seed, index_path=args.index, verify=args.verify)

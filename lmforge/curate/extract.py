@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 from warcio.archiveiterator import ArchiveIterator
 
 from lmforge.crawl.crawler import decode_html, looks_like_html, normalize_url, warc_files
-from lmforge.io import write_parquet
+from lmforge.io import removed_path_for, write_parquet
 
 DOCUMENT_SCHEMA = pa.schema([
     ("id", pa.string()), ("url", pa.string()), ("title", pa.string()),
@@ -126,17 +126,6 @@ class ExtractStats:
             "out_path": self.out_path,
             "removed_path": self.removed_path,
         }
-
-
-def removed_path_for(out_path: str | os.PathLike) -> Path:
-    """Where the documents that did not make it into ``out_path`` go.
-
-    ``docs.parquet`` -> ``docs.removed.parquet`` in the same directory (any other name gets
-    ``.removed.parquet`` appended).
-    """
-    p = Path(out_path)
-    stem = p.name[: -len(".parquet")] if p.name.endswith(".parquet") else p.name
-    return p.with_name(f"{stem}.removed.parquet")
 
 
 def doc_id(url: str) -> str:

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from lmforge.curate.text import extend_schema, input_schema, open_sinks
-from lmforge.io import read_parquet_rows
+from lmforge.io import read_parquet_rows, removed_path_for
 from lmforge.paths import package_file
 
 LID_MODEL_HELP = (
@@ -335,11 +335,6 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
     return stats
 
 
-def default_removed_path(out_path: str | Path) -> Path:
-    out = Path(out_path)
-    return out.with_name(f"{out.stem}.removed.parquet")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lmforge filter",
@@ -373,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["c4_line_filter"] = True
     if args.no_mask_pii:
         overrides["mask_pii"] = False
-    removed = args.removed or default_removed_path(args.output)
+    removed = args.removed or removed_path_for(args.output)
     try:
         stats = filter_documents(args.input, args.output, removed, FilterConfig(**overrides))
     except (FileNotFoundError, ValueError) as e:

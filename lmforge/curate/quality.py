@@ -49,7 +49,8 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from lmforge.curate.text import extend_schema, input_schema, open_sinks
-from lmforge.io import atomic_path, parquet_files, read_json, read_parquet_rows, write_json
+from lmforge.io import (atomic_path, parquet_files, read_json, read_parquet_rows, removed_path_for,
+                        write_json)
 from lmforge.paths import benchmarks_dir
 
 HQ, LQ = "__label__hq", "__label__lq"
@@ -509,11 +510,6 @@ def _cached(in_path, scores: np.ndarray, batch_rows: int) -> Iterator[tuple[list
 # CLI
 
 
-def default_removed_path(out_path: str | Path) -> Path:
-    out = Path(out_path)
-    return out.with_name(f"{out.stem}.removed.parquet")
-
-
 def main(argv: list[str] | None = None) -> int:
     d = QualityConfig()
     p = argparse.ArgumentParser(
@@ -572,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             print(f"model -> {Path(args.out_dir) / MODEL_FILE}")
         else:
-            removed = args.removed or default_removed_path(args.output)
+            removed = args.removed or removed_path_for(args.output)
             cfg = QualityConfig(threshold=args.threshold, keep_fraction=args.keep_fraction)
             m = score_documents(args.input, args.output, removed, args.model, cfg).to_metadata()
             print(f"quality: kept {m['kept_documents']}/{m['input_documents']} "

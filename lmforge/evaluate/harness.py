@@ -59,6 +59,34 @@ class Suite(BaseModel):
     name: str
     description: str = ""
     tasks: list[SuiteTask]
+    # A drop of a task's score by more than this (in its own units, in its worse direction)
+    # against the previous evaluation of the same model is a regression; None: not checked.
+    max_regression: float | None = None
+    # Whether a regression blocks what runs downstream (the report), or only warns.
+    block_on_regression: bool = False
+
+
+def suite_names() -> list[str]:
+    """The suites under ``eval_suites/`` (one YAML each)."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def regressions(previous: dict[str, float], summary: "EvalSummary",
+                max_regression: float) -> dict[str, dict[str, float]]:
+    """Tasks whose score got worse than ``previous`` by more than ``max_regression``.
+
+    Worse means lower for a higher-is-better metric (accuracy, pass@1) and higher for the others
+    (bits per byte). Tasks without a previous or current score are not compared.
+    """
+    found = {}
+    for t in summary.tasks:
+        if t.score is None or t.name not in previous or previous[t.name] is None:
+            continue
+        before = float(previous[t.name])
+        worse_by = (before - t.score) if t.higher_is_better is not False else (t.score - before)
+        if worse_by > max_regression:
+            found[t.name] = {"previous": before, "current": t.score, "worse_by": worse_by}
+    return found
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:

@@ -24,7 +24,7 @@ class ReportInputs:
     funnel: list[tuple[str, Path]] = field(default_factory=list)  # (stage, documents Parquet)
     tokenizer_dir: Path | None = None
     trainings: dict[str, Path] = field(default_factory=dict)  # name -> run dir (metrics.jsonl, summary.json)
-    evaluations: dict[str, Path] = field(default_factory=dict)  # name -> dir with summary.json
+    evaluations: dict[str, Path] = field(default_factory=dict)  # "model (suite)" -> dir with summary.json
 
     @classmethod
     def from_artifacts(cls, root: Path) -> "ReportInputs":
@@ -38,9 +38,10 @@ class ReportInputs:
             trainings={"pretrain": root / "pretrained_model" / "run",
                        "sft": root / "sft_model" / "run",
                        "lora": root / "lora_adapter" / "adapter"},
-            evaluations={"base": root / "base_model_eval" / "results",
-                         "sft": root / "sft_model_eval" / "results",
-                         "lora": root / "lora_model_eval" / "results"},
+            evaluations={f"{model} ({d.name})": d
+                         for model in ("base", "sft", "lora")
+                         for d in sorted((root / f"{model}_model_eval").glob("*"))
+                         if (d / "summary.json").exists()},
         )
 
 
@@ -119,8 +120,8 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
 
     if inputs.tokenizer_dir and (Path(inputs.tokenizer_dir) / "tokenizer.json").exists():
         vocab = json.loads((Path(inputs.tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
-        lines += ["## Tokenizer", "", f"Byte-level BPE, {len(vocab)} tokens in the vocabulary "
-                  "(plus special tokens).", ""]
+        lines += ["## Tokenizer", "", f"Byte-level BPE with a vocabulary of {len(vocab)} tokens "
+                  "(special tokens included).", ""]
 
     lines += ["## Training", "", "| run | steps | first loss | final loss | val loss | tokens/s |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -135,7 +136,7 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
         final_losses[name] = summary.get("final_loss")
         lines.append("| " + " | ".join(_fmt(x) for x in (
             name, summary.get("steps", ""), summary.get("first_loss", ""),
-            summary.get("final_loss", ""), summary.get("final_val_loss", ""),
+            summary.get("final_loss", ""), summary.get("val_loss", ""),
             summary.get("tokens_per_s", ""))) + " |")
     lines.append("")
 

@@ -13,7 +13,8 @@ from warcio.warcwriter import WARCWriter
 from lmforge.crawl.crawler import CrawlConfig, crawl
 from lmforge.crawl.local_site import serve_python_docs
 from lmforge.curate import extract as ex
-from lmforge.curate.extract import ExtractConfig, extract, removed_path_for
+from lmforge.curate.extract import ExtractConfig, extract
+from lmforge.io import removed_path_for
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import dagster as dg
@@ -21,7 +22,11 @@ def test_definitions_load_and_declare_versions():
     for key in graph.get_all_asset_keys():
         assert graph.get(key).code_version, f"{key} has no code_version"
     assert defs.resolve_job_def("full_pipeline")
-    assert defs.resolve_schedule_def("nightly_full_pipeline").cron_schedule == "0 2 * * *"
+    schedule = defs.resolve_schedule_def("nightly_full_pipeline")
+    assert schedule.cron_schedule == "0 2 * * *"
+    request = schedule(dg.build_schedule_context(
+        scheduled_execution_time=datetime.datetime(2026, 1, 1, 2, tzinfo=datetime.timezone.utc)))
+    assert request.partition_key == "smoke"
     checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
     for needed in ("extracted_documents", "filtered_documents", "deduplicated_documents",
                    "pretrained_model", "sft_model", "base_model_eval", "lora_model_eval"):
@@ -51,12 +56,17 @@ def test_whole_graph_materializes_with_tiny_preset(tmp_path, monkeypatch):
 
     instance = dg.DagsterInstance.get()
     result = defs.resolve_job_def("full_pipeline").execute_in_process(
-        run_config=run_config("tiny"), instance=instance, raise_on_error=False)
+        run_config=run_config("tiny"), instance=instance, raise_on_error=False,
+        partition_key="smoke")
     failures = [e.message for e in result.all_events if e.is_failure]
     assert result.success, failures
 
-    for key in defs.resolve_asset_graph().get_all_asset_keys():
-        assert instance.get_latest_materialization_event(key) is not None, f"{key} not materialized"
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        if graph.get(key).is_partitioned:
+            assert instance.get_materialized_partitions(key) == {"smoke"}, f"{key}: no smoke eval"
+        else:
+            assert instance.get_latest_materialization_event(key) is not None, f"{key} not materialized"
     for check in result.get_asset_check_evaluations():
         if check.severity == dg.AssetCheckSeverity.ERROR:
             assert check.passed, f"{check.asset_check_key} failed: {check.description}"
@@ -78,5 +88,5 @@ def test_whole_graph_materializes_with_tiny_preset(tmp_path, monkeypatch):
 
     report = (art / "pipeline_report" / "report" / "report.md").read_text()
     assert "Data funnel" in report and "Evaluation" in report
-    summary = json.loads((art / "base_model_eval" / "results" / "summary.json").read_text())
+    summary = json.loads((art / "base_model_eval" / "smoke" / "summary.json").read_text())
     assert any(t.get("score") is not None for t in summary["tasks"]), "no evaluation score"
