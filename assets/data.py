@@ -5,17 +5,24 @@ own, with the removed documents (and why) beside them.
 """
 
 
+from typing import Optional
+
 import dagster as dg
+from pydantic import Field
 
 from lmforge.curate.decontaminate import DecontamConfig, decontaminate
 from lmforge.curate.dedup import DedupConfig, dedup_documents
 from lmforge.curate.extract import ExtractConfig, extract
 from lmforge.curate.filter import FilterConfig, filter_documents
-from lmforge.io import count_rows, removed_path_for
+from lmforge.curate.quality import (QualityConfig, default_positives, score_documents,
+                                    train_quality_classifier)
+from lmforge.io import atomic_path, count_rows, removed_path_for
 from resources import ArtifactStore, dagster_config, engine_config
 
 ExtractedDocumentsConfig = dagster_config(ExtractConfig, "ExtractedDocumentsConfig")
 FilteredDocumentsConfig = dagster_config(FilterConfig, "FilteredDocumentsConfig")
+QualityClassifierConfig = dagster_config(
+    QualityConfig, "QualityClassifierConfig", exclude={"threshold", "keep_fraction", "batch_rows"})
 DeduplicatedDocumentsConfig = dagster_config(DedupConfig, "DeduplicatedDocumentsConfig")
 DecontaminatedDocumentsConfig = dagster_config(DecontamConfig, "DecontaminatedDocumentsConfig")
 
@@ -50,13 +57,63 @@ def filtered_documents(config: FilteredDocumentsConfig, store: ArtifactStore) ->
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
 
+@dg.asset(code_version="quality-model-1", group_name="data", kinds={"fasttext"},
+          deps=[extracted_documents])
+def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassifierConfig,
+                       store: ArtifactStore) -> dg.MaterializeResult:
+    """A fastText classifier, DCLM-style: reference text (`positives`; default GSM8K's train
+    split from the benchmark mirror) against the raw crawl. Without reference text it is
+    skipped, with the reason, and the quality filter passes documents through."""
+    cfg = engine_config(QualityConfig, config)
+    out = store.path("quality_classifier", "model")
+    try:
+        if not cfg.positives:
+            default_positives()  # raises when there is no reference text on this machine
+    except FileNotFoundError as e:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        context.log.warning("quality classifier skipped: %s", e)
+        return dg.MaterializeResult(metadata={"skipped": str(e)})
+    stats = train_quality_classifier(documents_path(store, "extracted_documents"), out, cfg)
+    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+
+
+class QualityFilterConfig(dg.Config):
+    threshold: float = Field(default=0.5, description="keep documents with P(reference) >= this")
+    keep_fraction: Optional[float] = Field(
+        default=0.9, description="keep this top fraction by score instead of a fixed threshold "
+        "(DCLM keeps 0.1; the tiny demo 0.9, since its crawl is one homogeneous site); "
+        "null: use the threshold")
+
+
+@dg.asset(code_version="quality-filter-1", group_name="data", kinds={"fasttext", "parquet"},
+          deps=[filtered_documents, quality_classifier])
+def quality_filtered_documents(context: dg.AssetExecutionContext, config: QualityFilterConfig,
+                               store: ArtifactStore) -> dg.MaterializeResult:
+    """Filtered documents the quality classifier scores highest (all of them when it was skipped)."""
+    source = documents_path(store, "filtered_documents")
+    out = documents_path(store, "quality_filtered_documents")
+    model = store.path("quality_classifier", "model")
+    if not (model / "quality.json").exists():
+        context.log.warning("no quality classifier: documents pass through unscored")
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(source.read_bytes())
+        removed_path(store, "quality_filtered_documents").unlink(missing_ok=True)
+        return dg.MaterializeResult(metadata={"path": str(out), "skipped": "no quality classifier",
+                                              "kept_documents": count_rows(out)})
+    cfg = QualityConfig(threshold=config.threshold, keep_fraction=config.keep_fraction)
+    stats = score_documents(source, out, removed_path(store, "quality_filtered_documents"), model, cfg)
+    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+
+
 @dg.asset(code_version="dedup-1", group_name="data", kinds={"datasketch", "parquet"},
-          deps=[filtered_documents])
+          deps=[quality_filtered_documents])
 def deduplicated_documents(config: DeduplicatedDocumentsConfig,
                            store: ArtifactStore) -> dg.MaterializeResult:
-    """Filtered documents without exact or near duplicates (MinHash LSH)."""
+    """Quality-filtered documents without exact or near duplicates (MinHash LSH)."""
     out = documents_path(store, "deduplicated_documents")
-    stats = dedup_documents(documents_path(store, "filtered_documents"), out,
+    stats = dedup_documents(documents_path(store, "quality_filtered_documents"), out,
                             removed_path(store, "deduplicated_documents"),
                             engine_config(DedupConfig, config))
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
@@ -95,6 +152,24 @@ def filtered_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
     return _not_empty(store, "filtered_documents")
 
 
+@dg.asset_check(asset=quality_filtered_documents, blocking=True)
+def quality_filtered_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
+    return _not_empty(store, "quality_filtered_documents")
+
+
+@dg.asset_check(asset=quality_classifier)
+def quality_classifier_separates(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Held-out AUC of reference against crawl text; a warning when skipped or weak."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("quality_classifier"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    if "skipped" in meta:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"skipped: {meta['skipped'].value}")
+    auc = float(meta["heldout_auc"].value) if "heldout_auc" in meta else 0.0
+    return dg.AssetCheckResult(passed=auc >= 0.9, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"heldout_auc": auc})
+
+
 @dg.asset_check(asset=deduplicated_documents, blocking=True)
 def deduplicated_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
     return _not_empty(store, "deduplicated_documents")
@@ -118,7 +193,7 @@ def decontamination_covered_every_benchmark(context: dg.AssetCheckExecutionConte
 @dg.asset_check(asset=deduplicated_documents)
 def dedup_rate_in_band(store: ArtifactStore) -> dg.AssetCheckResult:
     """A dedup that removes more than half the corpus usually means a broken normalization."""
-    before = count_rows(documents_path(store, "filtered_documents"))
+    before = count_rows(documents_path(store, "quality_filtered_documents"))
     after = count_rows(documents_path(store, "deduplicated_documents"))
     rate = 1 - after / before if before else 0.0
     return dg.AssetCheckResult(passed=rate <= 0.5, severity=dg.AssetCheckSeverity.WARN,

@@ -8,7 +8,8 @@ from resources import ArtifactStore
 
 
 @dg.asset(code_version="report-1", group_name="report", kinds={"markdown"},
-          deps=["extracted_documents", "filtered_documents", "deduplicated_documents",
+          deps=["extracted_documents", "filtered_documents", "quality_filtered_documents",
+                "deduplicated_documents",
                 "decontaminated_documents", "tokenizer",
                 "pretrained_model", "sft_model", "lora_adapter",
                 "base_model_eval", "sft_model_eval", "lora_model_eval"])

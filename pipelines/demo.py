@@ -32,7 +32,8 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
     lines = ["", "lmforge demo: summary", "=" * 21]
     docs = [(k, _metadata(instance, k)) for k in
-            ("extracted_documents", "filtered_documents", "deduplicated_documents",
+            ("extracted_documents", "filtered_documents", "quality_filtered_documents",
+             "deduplicated_documents",
              "decontaminated_documents")]
     crawl = _metadata(instance, "crawled_pages")
     lines.append(f"{'crawled pages:':<26}{crawl.get('pages_fetched', '?')}")

@@ -30,7 +30,8 @@ class ReportInputs:
     def from_artifacts(cls, root: Path) -> "ReportInputs":
         """The layout the Dagster assets write (one directory per asset under ``root``)."""
         root = Path(root)
-        stages = ["extracted_documents", "filtered_documents", "deduplicated_documents",
+        stages = ["extracted_documents", "filtered_documents", "quality_filtered_documents",
+                  "deduplicated_documents",
                   "decontaminated_documents"]
         return cls(
             funnel=[(s, root / s / "documents.parquet") for s in stages],

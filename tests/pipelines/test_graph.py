@@ -15,7 +15,8 @@ def test_definitions_load_and_declare_versions():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"crawled_pages", "extracted_documents", "filtered_documents", "deduplicated_documents",
+    assert {"crawled_pages", "extracted_documents", "filtered_documents", "quality_classifier",
+            "quality_filtered_documents", "deduplicated_documents",
             "decontaminated_documents", "tokenizer", "token_shards", "sft_conversations",
             "pretrained_model", "sft_model", "lora_adapter", "base_model_eval", "sft_model_eval", "lora_model_eval",
             "pipeline_report"} <= keys
