@@ -839,7 +839,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="body bytes kept per response (default: %(default)s)")
     p.add_argument("--user-agent", default=d.user_agent, help="User-Agent header and robots.txt identity")
     p.add_argument("--ignore-robots", action="store_true", help="do not fetch or obey robots.txt")
+    p.add_argument("--warc", action="append", default=[], metavar="PATH_OR_URL",
+                   help="import this WARC file, directory of WARCs, file:// or http(s) URL (e.g. a "
+                   "Common Crawl segment) into --out instead of crawling (repeatable; uses --retries)")
     args = p.parse_args(argv)
+
+    if args.warc:  # existing WARCs as the crawl: lmforge.crawl.warc_source
+        if args.seed or args.serve_python_docs:
+            print("lmforge crawl: --warc imports instead of crawling; leave out --seed and "
+                  "--serve-python-docs", file=sys.stderr)
+            return 2
+        from lmforge.crawl.warc_source import run_cli
+        return run_cli(args.warc, args.out, retries=args.retries, max_bytes=None, timeout_s=60.0,
+                       prog=p.prog)
 
     def run(seeds: list[str]) -> int:
         try:

@@ -1,0 +1,540 @@
+"""Existing WARC files (Common Crawl segments, another crawler's output) as the crawl, instead of
+crawling: copy or download them into a crawl directory that ``extract`` reads.
+
+    sources (file, directory, file:// or http(s) URL)
+        -> already in out_dir? (imports.jsonl, or same name and size)  -> skip (resume)
+        -> copy / download to a hidden temporary file (chunks, retries, optional byte cap)
+        -> validate with warcio (every record WARC, every record complete)
+        -> plain .warc, or one gzip member around all records (``gzip x.warc``, which warcio
+           and so extract refuse)? gzip it one member per record, as Common Crawl does
+        -> imports.jsonl entry, then rename to ``<name>.warc.gz``
+
+Output in ``out_dir``:
+
+- ``<name>.warc.gz``: the source's records, byte for byte (plain WARCs are compressed on the
+  way in, so everything here is what ``lmforge.curate.extract`` and the crawler's resume read).
+  A name taken by another source gets ``-<8 hex digits of the source's SHA-1>`` added.
+- ``imports.jsonl``: one line per imported file: ``source``, ``file``, ``bytes``, ``sha256``,
+  ``records``, ``responses``, ``truncated``, ``imported_at``. A source listed there whose file is
+  still in ``out_dir`` with that size is never fetched again. The entry is written before the
+  file is renamed into place, so a crash between the two makes the next run import it again
+  rather than forget it.
+- ``import_failures.jsonl``: the sources this run could not import, with a reason (``not_found``,
+  ``http_404``, ``http_503``, ``timeout``, ``connection_error``, ``not_warc``, ``truncated``,
+  ``corrupt``, ``empty``, ``too_large``, ...). A failed source leaves no file behind.
+
+Validation: warcio's ``ArchiveIterator`` is lenient (it reads a text file as ARC records and a
+cut-off file as a shorter last record), so each record must be a WARC record and its block must
+have the bytes its ``Content-Length`` promises.
+
+``max_bytes`` caps how much of each source is read, for a sample of a 1 GB Common Crawl file:
+the copy stops there and is cut back to the last record known to be complete (the one the cap
+cut into, and the one before it, whose trailer may be missing, are dropped). Such files are
+marked ``truncated`` in the manifest.
+
+Downloads use ``urllib`` (one file at a time, 1 MiB chunks): ``timeout_s`` is the longest wait
+for the server to send anything, not a limit on the whole transfer, so a large file on a slow
+link is fine and a stalled one is not. 5xx, 408, 429, timeouts, dropped connections and bodies
+shorter than their Content-Length are retried with exponential backoff, from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from warcio.archiveiterator import ArchiveIterator
+
+from lmforge.crawl.crawler import warc_files
+from lmforge.io import atomic_path
+
+MANIFEST_FILE = "imports.jsonl"
+FAILURES_FILE = "import_failures.jsonl"
+USER_AGENT = "lmforge-warc-import/0.1 (+https://github.com/lmforge/lmforge)"
+CHUNK = 1024 * 1024
+# Statuses worth asking again: the server may recover (RFC 9110 says so for 503 and 429).
+_RETRY_STATUSES = frozenset({408, 429})
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class WarcImportStats:
+    files: int = 0                  # WARC files imported by this run
+    already_imported: int = 0       # sources found in out_dir (resume), not fetched again
+    bytes: int = 0                  # bytes this run wrote to out_dir
+    records: int = 0                # WARC records in the files this run imported
+    responses: int = 0              # of which response records (the pages extract reads)
+    truncated_files: int = 0        # imported files cut at max_bytes
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)   # source, reason, detail
+    elapsed_s: float = 0.0
+    warc_files: list[str] = field(default_factory=list)   # every file the sources map to
+    manifest_path: str = ""
+    failures_path: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return self.elapsed_s
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures_by_reason.values())
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "already_imported": self.already_imported,
+            "bytes": self.bytes,
+            "mb": round(self.bytes / 1e6, 3),
+            "records": self.records,
+            "responses": self.responses,
+            "truncated_files": self.truncated_files,
+            "failures": self.failed,
+            "failures_by_reason": dict(sorted(self.failures_by_reason.items())),
+            "failure_samples": self.failures[:20],
+            "elapsed_s": round(self.elapsed_s, 3),
+            "mb_per_s": round(self.bytes / 1e6 / self.elapsed_s, 2) if self.elapsed_s else 0.0,
+            "warc_files": list(self.warc_files),
+            "manifest_path": self.manifest_path,
+            "failures_path": self.failures_path,
+        }
+
+
+class ImportFailure(Exception):
+    """One source could not be imported; ``reason`` is the short key counted in the stats."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# --------------------------------------------------------------------------- sources
+
+@dataclass
+class _Source:
+    key: str            # what the manifest records: an absolute path or the URL as given
+    url: str | None     # http(s) URL, or None for a local file
+    path: Path | None   # local file, or None for a URL
+    name: str           # the file name it came with
+
+
+def _is_url(s: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
+
+
+def _expand(source: str, out_dir: Path) -> list[_Source]:
+    """The files one source stands for. Raises ImportFailure when it stands for none."""
+    if _is_url(source):
+        parts = urlsplit(source)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
+            if not parts.hostname:
+                raise ImportFailure("bad_source", f"no host in URL {source!r}")
+            return [_Source(source, source, None, unquote(parts.path.rsplit("/", 1)[-1]))]
+        if scheme != "file":
+            raise ImportFailure("bad_source", f"unsupported URL scheme {scheme!r} in {source!r} "
+                                "(use a local path, file://, http:// or https://)")
+        source = urllib.request.url2pathname(parts.path)
+    p = Path(source).expanduser().resolve()
+    if p.is_dir():
+        if p == out_dir.resolve():
+            raise ImportFailure("bad_source", f"{p} is the output directory itself")
+        files = warc_files(p)
+        if not files:
+            raise ImportFailure("not_found", f"no *.warc.gz or *.warc files in directory {p}")
+        return [_Source(str(f.resolve()), None, f.resolve(), f.name) for f in files]
+    if p.is_file():
+        return [_Source(str(p), None, p, p.name)]
+    raise ImportFailure("not_found", f"no WARC file or directory at {p}")
+
+
+def _target_name(name: str, key: str) -> str:
+    """``x.warc.gz`` for ``x.warc.gz``, ``x.warc`` or ``x``; a hash of the source when no name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    for suffix in (".gz", ".warc"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    stem = stem.strip("._")
+    return f"{stem or hashlib.sha1(key.encode()).hexdigest()[:16]}.warc.gz"
+
+
+def _disambiguated(name: str, key: str) -> str:
+    return f"{name[: -len('.warc.gz')]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.warc.gz"
+
+
+# --------------------------------------------------------------------------- fetching
+
+def _copy_capped(src: BinaryIO, dst: BinaryIO, max_bytes: int | None) -> tuple[int, bool]:
+    """Copy until EOF or ``max_bytes``; return (bytes copied, whether the source had more)."""
+    n = 0
+    while True:
+        want = CHUNK if max_bytes is None else min(CHUNK, max_bytes - n)
+        if want <= 0:
+            return n, bool(src.read(1))
+        chunk = src.read(want)
+        if not chunk:
+            return n, False
+        dst.write(chunk)
+        n += len(chunk)
+
+
+def _download(url: str, dst: BinaryIO, *, max_bytes: int | None, timeout_s: float, retries: int,
+              backoff_s: float) -> tuple[int, bool]:
+    """Stream ``url`` into ``dst`` (rewound on every retry). Raises ImportFailure."""
+    last: ImportFailure | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+            dst.seek(0)
+            dst.truncate()
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                n, capped = _copy_capped(r, dst, max_bytes)
+                expected = r.headers.get("Content-Length")
+                if not capped and expected and expected.isdigit() and n < int(expected):
+                    raise http.client.IncompleteRead(b"", int(expected) - n)
+                return n, capped
+        except urllib.error.HTTPError as e:
+            fail = ImportFailure(f"http_{e.code}", f"HTTP {e.code} {e.reason} for {url}")
+            if e.code < 500 and e.code not in _RETRY_STATUSES:
+                raise fail from None   # 404, 403, ...: asking again will not help
+            last = fail
+        except (TimeoutError, socket.timeout) as e:
+            last = ImportFailure("timeout", f"nothing from {url} for {timeout_s}s ({type(e).__name__})")
+        except http.client.IncompleteRead as e:
+            last = ImportFailure("incomplete", f"{url}: connection closed with {e.expected} bytes "
+                                 "still to come")
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                last = ImportFailure("timeout", f"nothing from {url} for {timeout_s}s")
+            else:
+                last = ImportFailure("connection_error", f"{url}: {type(e).__name__}: {reason}")
+        print(f"warc import: {last.detail} (attempt {attempt + 1} of {retries + 1})", file=sys.stderr)
+    assert last is not None
+    raise last
+
+
+def _head_size(url: str, timeout_s: float) -> int | None:
+    """Content-Length of ``url`` from a HEAD request, or None when it cannot be had."""
+    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            size = r.headers.get("Content-Length")
+            return int(size) if size and size.isdigit() else None
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return None
+
+
+# --------------------------------------------------------------------------- validation
+
+@dataclass
+class _Scan:
+    offsets: list[int] = field(default_factory=list)     # where each complete record starts
+    responses: list[bool] = field(default_factory=list)  # whether each one is a response
+    stop: int | None = None                               # where the first bad record starts
+    error: ImportFailure | None = None
+
+
+def _scan(path: Path) -> _Scan:
+    """Read every record; stop at the first that is not WARC, is cut short or cannot be read."""
+    scan = _Scan()
+    with open(path, "rb") as fh:
+        it = ArchiveIterator(fh, no_record_parse=True)  # the raw block, to count its bytes
+        try:
+            for rec in it:
+                n = 0
+                while chunk := rec.raw_stream.read(CHUNK):
+                    n += len(chunk)
+                offset = it.get_record_offset()  # after the read: it reads the record to its end
+                if rec.format != "warc":
+                    scan.stop, scan.error = offset, ImportFailure(
+                        "not_warc", f"record at byte {offset} is not a WARC record")
+                    return scan
+                if n != rec.length:
+                    scan.stop, scan.error = offset, ImportFailure(
+                        "truncated", f"record at byte {offset} has {n} of its {rec.length} bytes")
+                    return scan
+                scan.offsets.append(offset)
+                scan.responses.append(rec.rec_type == "response")
+        except Exception as e:  # warcio's ArchiveLoadFailed, zlib errors, ...: a damaged file
+            detail = " ".join(str(e).split())[:200].encode("ascii", "backslashreplace").decode()
+            scan.stop = it.offset  # where the record it could not read starts
+            scan.error = ImportFailure("not_warc" if not scan.offsets else "corrupt",
+                                       f"after {len(scan.offsets)} records: "
+                                       f"{type(e).__name__}: {detail}")
+    return scan
+
+
+def _gunzip(src: Path, dst: Path) -> bool:
+    """Decompress ``src`` into ``dst``; a stream cut short keeps what came before the cut."""
+    try:
+        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
+            try:
+                while chunk := fin.read(CHUNK):
+                    fout.write(chunk)
+            except EOFError:
+                pass
+        return True
+    except (OSError, ValueError, zlib.error):  # not gzip after all, or damaged inside
+        return False
+
+
+def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, _Scan, bool]:
+    """The fetched bytes as a per-record gzip WARC of complete records, checked record by record.
+
+    Returns (file to rename into place, its records, whether it is a cut-down sample).
+    """
+    with open(raw, "rb") as fh:
+        compressed = fh.read(2) == _GZIP_MAGIC
+    src, scan = raw, _scan(raw)
+    if compressed and scan.error is not None and scan.error.reason != "truncated":
+        # One gzip member around all records (``gzip file.warc``): warcio refuses it, so
+        # extract would too. Unpack it and compress it again record by record.
+        plain = raw.with_name(raw.name + ".plain")
+        if _gunzip(raw, plain):
+            pscan = _scan(plain)
+            if pscan.offsets and (pscan.error is None or capped):
+                src, scan, compressed = plain, pscan, False
+    end = src.stat().st_size
+    if capped:
+        # The cap cut into a record; the last one read whole may still lack its trailer.
+        keep = len(scan.offsets) - (1 if scan.error is None else 0)
+        if keep <= 0:
+            raise ImportFailure("too_large", f"max_bytes={max_bytes} does not hold one "
+                                "complete record; raise it")
+        end = scan.offsets[keep] if keep < len(scan.offsets) else scan.stop
+        scan = _Scan(scan.offsets[:keep], scan.responses[:keep])
+    elif scan.error is not None:
+        raise scan.error
+    if not scan.offsets:
+        raise ImportFailure("empty", "no WARC records")
+    if compressed:
+        if capped:
+            with open(src, "r+b") as fh:
+                fh.truncate(end)
+        return src, scan, capped
+    packed = raw.with_name(raw.name + ".gz")
+    _gzip_records(src, packed, scan.offsets, end)
+    return packed, scan, capped
+
+
+def _gzip_records(src: Path, dst: Path, offsets: list[int], end: int) -> None:
+    """Compress a plain WARC one record per gzip member, so readers can seek to any record."""
+    bounds = offsets[1:] + [end]
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        for start, stop in zip(offsets, bounds):
+            fin.seek(start)
+            with gzip.GzipFile(fileobj=fout, mode="wb", compresslevel=6, mtime=0) as gz:
+                left = stop - start
+                while left > 0:
+                    chunk = fin.read(min(CHUNK, left))
+                    if not chunk:
+                        break
+                    gz.write(chunk)
+                    left -= len(chunk)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the manifest
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``imports.jsonl`` of ``out_dir`` as {source: entry}; the last entry of a source wins."""
+    path = Path(out_dir) / MANIFEST_FILE
+    entries: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+                entries[e["source"]] = e
+            except (ValueError, KeyError, TypeError):
+                continue  # a line some other tool wrote badly: not ours to trust
+    return entries
+
+
+def _write_manifest(out_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
+    with atomic_path(out_dir / MANIFEST_FILE) as tmp:
+        with open(tmp, "w") as f:
+            for e in entries.values():
+                f.write(json.dumps(e, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------- one source
+
+def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
+                stats: WarcImportStats, *, timeout_s: float, max_bytes: int | None, retries: int,
+                backoff_s: float) -> Path:
+    entry = manifest.get(src.key)
+    if entry and (out / entry["file"]).is_file() and (out / entry["file"]).stat().st_size == entry["bytes"]:
+        stats.already_imported += 1
+        return out / entry["file"]
+
+    owners = {e["file"]: k for k, e in manifest.items()}
+    name = _target_name(src.name, src.key)
+    final = out / name
+    if owners.get(name, src.key) != src.key:
+        final = out / _disambiguated(name, src.key)
+    elif final.is_file() and name not in owners:
+        # Put there by hand, or by a run whose manifest was lost: the same file if the same size
+        # (only checkable where the source is stored as it is: a gzip WARC).
+        if src.path is not None:
+            with open(src.path, "rb") as fh:
+                same = fh.read(2) == _GZIP_MAGIC and src.path.stat().st_size == final.stat().st_size
+        else:
+            same = _head_size(src.url, timeout_s) == final.stat().st_size
+        if same and max_bytes is None:
+            scan = _scan(final)
+            if scan.error is None and scan.offsets:
+                manifest[src.key] = _entry(src, final, scan, truncated=False)
+                _write_manifest(out, manifest)
+                stats.already_imported += 1
+                return final
+        final = out / _disambiguated(name, src.key)
+
+    raw = out / f".{final.name}.{os.getpid()}.part"
+    temps = [raw, raw.with_name(raw.name + ".plain"), raw.with_name(raw.name + ".gz")]
+    try:
+        with open(raw, "wb") as fh:
+            if src.url is not None:
+                _, capped = _download(src.url, fh, max_bytes=max_bytes, timeout_s=timeout_s,
+                                      retries=retries, backoff_s=backoff_s)
+            else:
+                with open(src.path, "rb") as fin:
+                    _, capped = _copy_capped(fin, fh, max_bytes)
+        ready, scan, truncated = _validated(raw, capped, max_bytes)
+        # Manifest first: a crash before the rename then means "import again", never "forgotten".
+        manifest[src.key] = _entry(src, ready, scan, truncated=truncated, name=final.name)
+        _write_manifest(out, manifest)
+        os.replace(ready, final)
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    stats.files += 1
+    stats.bytes += final.stat().st_size
+    stats.records += len(scan.offsets)
+    stats.responses += sum(scan.responses)
+    stats.truncated_files += truncated
+    return final
+
+
+def _entry(src: _Source, path: Path, scan: _Scan, *, truncated: bool,
+           name: str | None = None) -> dict[str, Any]:
+    return {
+        "source": src.key, "file": name or path.name, "bytes": path.stat().st_size,
+        "sha256": _sha256(path), "records": len(scan.offsets),
+        "responses": sum(scan.responses), "truncated": truncated,
+        "imported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+# --------------------------------------------------------------------------- entry points
+
+def import_warcs(sources: list[str], out_dir: str | os.PathLike, *, timeout_s: float = 60,
+                 max_bytes: int | None = None, retries: int = 2,
+                 backoff_s: float = 0.5) -> WarcImportStats:
+    """Import ``sources`` (files, directories, file:// or http(s) URLs) into ``out_dir`` as
+    ``*.warc.gz``; see the module docstring. A source that fails is recorded, not raised."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        raise ValueError("no WARC sources given")
+    if max_bytes is not None and max_bytes < 1:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = WarcImportStats(manifest_path=str(out / MANIFEST_FILE),
+                            failures_path=str(out / FAILURES_FILE))
+    manifest = read_manifest(out)
+    start = time.monotonic()
+
+    def fail(source: str, f: ImportFailure) -> None:
+        stats.failures_by_reason[f.reason] = stats.failures_by_reason.get(f.reason, 0) + 1
+        stats.failures.append({"source": source, "reason": f.reason, "detail": f.detail})
+        print(f"warc import: FAILED {source}: {f.reason}: {f.detail}", file=sys.stderr)
+
+    for source in map(str, sources):
+        try:
+            expanded = _expand(source, out)
+        except ImportFailure as f:
+            fail(source, f)
+            continue
+        for src in expanded:
+            t0 = time.monotonic()
+            try:
+                path = _import_one(src, out, manifest, stats, timeout_s=timeout_s,
+                                   max_bytes=max_bytes, retries=retries, backoff_s=backoff_s)
+            except ImportFailure as f:
+                fail(src.key, f)
+                continue
+            except OSError as e:  # disk full, permission denied: this source, not the run
+                fail(src.key, ImportFailure("os_error", f"{type(e).__name__}: {e}"))
+                continue
+            if str(path) not in stats.warc_files:
+                stats.warc_files.append(str(path))
+            print(f"warc import: {src.key} -> {path.name} ({time.monotonic() - t0:.1f}s)",
+                  file=sys.stderr)
+
+    with atomic_path(out / FAILURES_FILE) as tmp:
+        with open(tmp, "w") as f:
+            for row in stats.failures:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+    stats.elapsed_s = time.monotonic() - start
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lmforge.crawl.warc_source", description=(
+        "Import existing WARC files (local files, directories, file:// or http(s) URLs, e.g. "
+        "Common Crawl segments) into a crawl directory as validated *.warc.gz. Run it again to "
+        "resume: sources listed in OUT/imports.jsonl are not fetched again."))
+    p.add_argument("sources", nargs="+", metavar="PATH_OR_URL", help="WARC sources")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--retries", type=int, default=2, help="retries on 5xx/timeouts (default: %(default)s)")
+    p.add_argument("--max-warc-bytes", type=int, default=None,
+                   help="read at most this many bytes of each WARC, cut at a record (default: all)")
+    p.add_argument("--warc-timeout", type=float, default=60.0,
+                   help="seconds to wait for a server to send anything (default: %(default)s)")
+    args = p.parse_args(argv)
+    return run_cli(args.sources, args.out, retries=args.retries, max_bytes=args.max_warc_bytes,
+                   timeout_s=args.warc_timeout, prog=p.prog)
+
+
+def run_cli(sources: list[str], out: str, *, retries: int, max_bytes: int | None,
+            timeout_s: float, prog: str) -> int:
+    """Import, print the stats as JSON; exit 0 when all imported, 1 when some failed."""
+    try:
+        stats = import_warcs(sources, out, timeout_s=timeout_s, max_bytes=max_bytes,
+                             retries=retries)
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats.to_metadata(), indent=2))
+    return 1 if stats.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
