@@ -1,24 +1,45 @@
-"""Crawl: the web pages every later stage starts from, as WARC files."""
+"""Crawl: the web pages every later stage starts from, as WARC files, one directory per day."""
 
 
 import contextlib
 import shutil
 
 import dagster as dg
+from pydantic import Field
 
 from lmforge.crawl.crawler import CrawlConfig, crawl
 from lmforge.crawl.local_site import serve_python_docs
+from lmforge.crawl.warc_source import import_warcs
+from assets.partitions import DAILY
 from resources import ArtifactStore, dagster_config, engine_config
 
-CrawledPagesConfig = dagster_config(CrawlConfig, "CrawledPagesConfig")
+class CrawledPagesConfig(dagster_config(CrawlConfig, "CrawlRunConfig")):
+    warc_sources: list[str] = Field(
+        default_factory=list,
+        description="Existing WARC files to take instead of crawling (Common Crawl segments): "
+        "local paths, directories, file:// or http(s) URLs. When set, no crawl runs.")
 
 
-@dg.asset(code_version="crawl-1", group_name="crawl", kinds={"warc"})
+def crawl_dir(store: ArtifactStore, day: str):
+    return store.path("crawled_pages", day)
+
+
+@dg.asset(code_version="crawl-2", group_name="crawl", kinds={"warc"}, partitions_def=DAILY)
 def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
                   store: ArtifactStore) -> dg.MaterializeResult:
-    """WARC files of a polite crawl. With no seeds, the crawl starts a local documentation server
-    of this Python (pydoc) on loopback and crawls it: real pages that exist offline anywhere."""
-    out_dir = store.asset_dir("crawled_pages")
+    """WARC files of a polite crawl (or imported WARC files, e.g. Common Crawl), one directory
+    per day; materializing a day again resumes it. With no seeds and no WARC sources, the crawl
+    starts a local documentation server of this Python (pydoc) on
+    loopback and crawls it: real pages that exist offline anywhere."""
+    out_dir = crawl_dir(store, context.partition_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.warc_sources:
+        stats = import_warcs(config.warc_sources, out_dir)
+        if stats.failures:
+            context.log.warning("%d WARC sources failed: %s", len(stats.failures),
+                                stats.failures_by_reason)
+        return dg.MaterializeResult(metadata={"path": str(out_dir), "source": "warc_import",
+                                              **stats.to_metadata()})
     with contextlib.ExitStack() as stack:
         overrides = {}
         if not config.seeds:
@@ -34,10 +55,11 @@ def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
     return dg.MaterializeResult(metadata={"path": str(out_dir), **stats.to_metadata()})
 
 
-@dg.asset_check(asset=crawled_pages, blocking=True)
-def crawl_fetched_pages(store: ArtifactStore) -> dg.AssetCheckResult:
-    """The crawl stored at least one page."""
-    warcs = sorted(store.asset_dir("crawled_pages").glob("*.warc.gz"))
+@dg.asset_check(asset=crawled_pages, blocking=True, partitions_def=DAILY)
+def crawl_fetched_pages(context: dg.AssetCheckExecutionContext,
+                        store: ArtifactStore) -> dg.AssetCheckResult:
+    """The day's crawl stored at least one page."""
+    warcs = sorted(crawl_dir(store, context.partition_key).glob("*.warc.gz"))
     size = sum(w.stat().st_size for w in warcs)
     return dg.AssetCheckResult(passed=bool(warcs) and size > 0,
                                metadata={"warc_files": len(warcs), "bytes": size})

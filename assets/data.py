@@ -1,7 +1,9 @@
 """Curation: extract main text, filter by language and quality, remove near-duplicates.
 
-Each stage reads the Parquet documents of the one before from the artifact store and writes its
-own, with the removed documents (and why) beside them.
+Each stage is partitioned by day. It reads the day's Parquet documents of the stage before from
+the artifact store and writes its own (``<asset>/documents/<day>.parquet``), with the removed
+documents, and why, beside them (``<day>.removed.parquet``). A new day is deduplicated against
+every day kept before it, through a persistent MinHash index.
 """
 
 
@@ -17,6 +19,7 @@ from lmforge.curate.filter import FilterConfig, filter_documents
 from lmforge.curate.quality import (QualityConfig, default_positives, score_documents,
                                     train_quality_classifier)
 from lmforge.io import atomic_path, count_rows, removed_path_for
+from assets.partitions import DAILY
 from resources import ArtifactStore, dagster_config, engine_config
 
 ExtractedDocumentsConfig = dagster_config(ExtractConfig, "ExtractedDocumentsConfig")
@@ -27,32 +30,40 @@ DeduplicatedDocumentsConfig = dagster_config(DedupConfig, "DeduplicatedDocuments
 DecontaminatedDocumentsConfig = dagster_config(DecontamConfig, "DecontaminatedDocumentsConfig")
 
 
-def documents_path(store: ArtifactStore, asset_name: str):
-    return store.path(asset_name, "documents.parquet")
+def all_documents(store: ArtifactStore, asset_name: str):
+    """The directory of every day's documents of a stage (what unpartitioned readers take)."""
+    return store.path(asset_name, "documents")
 
 
-def removed_path(store: ArtifactStore, asset_name: str):
-    # the sibling naming every curation stage uses: documents.parquet -> documents.removed.parquet
-    return removed_path_for(documents_path(store, asset_name))
+def documents_path(store: ArtifactStore, asset_name: str, day: str):
+    return all_documents(store, asset_name) / f"{day}.parquet"
 
 
-@dg.asset(code_version="extract-1", group_name="data", kinds={"resiliparse", "parquet"},
-          deps=["crawled_pages"])
-def extracted_documents(config: ExtractedDocumentsConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """The main text of every HTML page of the crawl."""
-    warcs = sorted(store.asset_dir("crawled_pages").glob("*.warc.gz"))
-    out = documents_path(store, "extracted_documents")
+def removed_path(store: ArtifactStore, asset_name: str, day: str):
+    return removed_path_for(documents_path(store, asset_name, day))
+
+
+@dg.asset(code_version="extract-2", group_name="data", kinds={"resiliparse", "parquet"},
+          deps=["crawled_pages"], partitions_def=DAILY)
+def extracted_documents(context: dg.AssetExecutionContext, config: ExtractedDocumentsConfig,
+                        store: ArtifactStore) -> dg.MaterializeResult:
+    """The main text of every HTML page of the day's crawl."""
+    day = context.partition_key
+    warcs = sorted(store.path("crawled_pages", day).glob("*.warc.gz"))
+    out = documents_path(store, "extracted_documents", day)
     stats = extract(warcs, out, engine_config(ExtractConfig, config))
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
 
-@dg.asset(code_version="filter-1", group_name="data", kinds={"fasttext", "parquet"},
-          deps=[extracted_documents])
-def filtered_documents(config: FilteredDocumentsConfig, store: ArtifactStore) -> dg.MaterializeResult:
+@dg.asset(code_version="filter-2", group_name="data", kinds={"fasttext", "parquet"},
+          deps=[extracted_documents], partitions_def=DAILY)
+def filtered_documents(context: dg.AssetExecutionContext, config: FilteredDocumentsConfig,
+                       store: ArtifactStore) -> dg.MaterializeResult:
     """Documents in the wanted languages (fastText lid.176) that pass the quality heuristics."""
-    out = documents_path(store, "filtered_documents")
-    stats = filter_documents(documents_path(store, "extracted_documents"), out,
-                             removed_path(store, "filtered_documents"),
+    day = context.partition_key
+    out = documents_path(store, "filtered_documents", day)
+    stats = filter_documents(documents_path(store, "extracted_documents", day), out,
+                             removed_path(store, "filtered_documents", day),
                              engine_config(FilterConfig, config))
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
@@ -62,7 +73,8 @@ def filtered_documents(config: FilteredDocumentsConfig, store: ArtifactStore) ->
 def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassifierConfig,
                        store: ArtifactStore) -> dg.MaterializeResult:
     """A fastText classifier, DCLM-style: reference text (`positives`; default GSM8K's train
-    split from the benchmark mirror) against the raw crawl. Without reference text it is
+    split from the benchmark mirror) against the raw crawl of every day so far. Without
+    reference text it is
     skipped, with the reason, and the quality filter passes documents through."""
     cfg = engine_config(QualityConfig, config)
     out = store.path("quality_classifier", "model")
@@ -75,7 +87,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassif
         shutil.rmtree(out, ignore_errors=True)
         context.log.warning("quality classifier skipped: %s", e)
         return dg.MaterializeResult(metadata={"skipped": str(e)})
-    stats = train_quality_classifier(documents_path(store, "extracted_documents"), out, cfg)
+    stats = train_quality_classifier(all_documents(store, "extracted_documents"), out, cfg)
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
 
@@ -87,47 +99,68 @@ class QualityFilterConfig(dg.Config):
         "null: use the threshold")
 
 
-@dg.asset(code_version="quality-filter-1", group_name="data", kinds={"fasttext", "parquet"},
-          deps=[filtered_documents, quality_classifier])
+@dg.asset(code_version="quality-filter-2", group_name="data", kinds={"fasttext", "parquet"},
+          deps=[filtered_documents, quality_classifier], partitions_def=DAILY)
 def quality_filtered_documents(context: dg.AssetExecutionContext, config: QualityFilterConfig,
                                store: ArtifactStore) -> dg.MaterializeResult:
     """Filtered documents the quality classifier scores highest (all of them when it was skipped)."""
-    source = documents_path(store, "filtered_documents")
-    out = documents_path(store, "quality_filtered_documents")
+    day = context.partition_key
+    source = documents_path(store, "filtered_documents", day)
+    out = documents_path(store, "quality_filtered_documents", day)
     model = store.path("quality_classifier", "model")
     if not (model / "quality.json").exists():
         context.log.warning("no quality classifier: documents pass through unscored")
         with atomic_path(out) as tmp:
             tmp.write_bytes(source.read_bytes())
-        removed_path(store, "quality_filtered_documents").unlink(missing_ok=True)
+        removed_path(store, "quality_filtered_documents", day).unlink(missing_ok=True)
         return dg.MaterializeResult(metadata={"path": str(out), "skipped": "no quality classifier",
                                               "kept_documents": count_rows(out)})
     cfg = QualityConfig(threshold=config.threshold, keep_fraction=config.keep_fraction)
-    stats = score_documents(source, out, removed_path(store, "quality_filtered_documents"), model, cfg)
+    stats = score_documents(source, out, removed_path(store, "quality_filtered_documents", day),
+                            model, cfg)
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
 
 
-@dg.asset(code_version="dedup-1", group_name="data", kinds={"datasketch", "parquet"},
-          deps=[quality_filtered_documents])
-def deduplicated_documents(config: DeduplicatedDocumentsConfig,
+def dedup_index(store: ArtifactStore, day: str):
+    return store.path("deduplicated_documents", "index", f"{day}.pkl")
+
+
+@dg.asset(code_version="dedup-2", group_name="data", kinds={"datasketch", "parquet"},
+          deps=[quality_filtered_documents], partitions_def=DAILY)
+def deduplicated_documents(context: dg.AssetExecutionContext, config: DeduplicatedDocumentsConfig,
                            store: ArtifactStore) -> dg.MaterializeResult:
-    """Quality-filtered documents without exact or near duplicates (MinHash LSH)."""
-    out = documents_path(store, "deduplicated_documents")
-    stats = dedup_documents(documents_path(store, "quality_filtered_documents"), out,
-                            removed_path(store, "deduplicated_documents"),
-                            engine_config(DedupConfig, config))
-    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+    """The day's documents without exact or near duplicates (MinHash LSH), within the day and
+    against every earlier day. The index after each day is kept (``index/<day>.pkl``): a day
+    starts from the latest earlier day's index, so materializing a day again gives the same
+    result, and a backfill of an earlier day does not change the later days."""
+    day = context.partition_key
+    index = dedup_index(store, day)
+    earlier = sorted(p for p in index.parent.glob("*.pkl") if p.stem < day)
+    if earlier:  # start from the latest earlier day's index, or from an empty one
+        with atomic_path(index) as tmp:
+            tmp.write_bytes(earlier[-1].read_bytes())
+    else:
+        index.unlink(missing_ok=True)
+    cfg = engine_config(DedupConfig, config, index_path=str(index))
+    out = documents_path(store, "deduplicated_documents", day)
+    stats = dedup_documents(documents_path(store, "quality_filtered_documents", day), out,
+                            removed_path(store, "deduplicated_documents", day), cfg)
+    return dg.MaterializeResult(metadata={
+        "path": str(out), "index": str(index),
+        "deduplicated_against": earlier[-1].stem if earlier else "nothing (first day)",
+        **stats.to_metadata()})
 
 
-@dg.asset(code_version="decontam-1", group_name="data", kinds={"parquet"},
-          deps=[deduplicated_documents])
+@dg.asset(code_version="decontam-2", group_name="data", kinds={"parquet"},
+          deps=[deduplicated_documents], partitions_def=DAILY)
 def decontaminated_documents(context: dg.AssetExecutionContext,
                              config: DecontaminatedDocumentsConfig,
                              store: ArtifactStore) -> dg.MaterializeResult:
     """Deduplicated documents without any that share a 13-gram with an evaluation set."""
-    out = documents_path(store, "decontaminated_documents")
-    stats = decontaminate(documents_path(store, "deduplicated_documents"), out,
-                          removed_path(store, "decontaminated_documents"),
+    day = context.partition_key
+    out = documents_path(store, "decontaminated_documents", day)
+    stats = decontaminate(documents_path(store, "deduplicated_documents", day), out,
+                          removed_path(store, "decontaminated_documents", day),
                           engine_config(DecontamConfig, config))
     meta = stats.to_metadata()
     for name, reason in meta.get("skipped_benchmarks", {}).items():
@@ -135,26 +168,46 @@ def decontaminated_documents(context: dg.AssetExecutionContext,
     return dg.MaterializeResult(metadata={"path": str(out), **meta})
 
 
-def _not_empty(store: ArtifactStore, asset_name: str) -> dg.AssetCheckResult:
-    path = documents_path(store, asset_name)
+def _not_empty(store: ArtifactStore, asset_name: str, day: str,
+               severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    path = documents_path(store, asset_name, day)
     rows = count_rows(path) if path.exists() else 0
-    return dg.AssetCheckResult(passed=rows > 0, metadata={"documents": rows},
+    return dg.AssetCheckResult(passed=rows > 0, severity=severity, metadata={"documents": rows},
                                description=None if rows else f"{asset_name} kept no document")
 
 
-@dg.asset_check(asset=extracted_documents, blocking=True)
-def extracted_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _not_empty(store, "extracted_documents")
+@dg.asset_check(asset=extracted_documents, blocking=True, partitions_def=DAILY)
+def extracted_documents_not_empty(context: dg.AssetCheckExecutionContext,
+                                  store: ArtifactStore) -> dg.AssetCheckResult:
+    return _not_empty(store, "extracted_documents", context.partition_key)
 
 
-@dg.asset_check(asset=filtered_documents, blocking=True)
-def filtered_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _not_empty(store, "filtered_documents")
+@dg.asset_check(asset=filtered_documents, blocking=True, partitions_def=DAILY)
+def filtered_documents_not_empty(context: dg.AssetCheckExecutionContext,
+                                 store: ArtifactStore) -> dg.AssetCheckResult:
+    """A filter that kept nothing is misconfigured (wrong language, thresholds too strict)."""
+    return _not_empty(store, "filtered_documents", context.partition_key)
 
 
-@dg.asset_check(asset=quality_filtered_documents, blocking=True)
-def quality_filtered_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _not_empty(store, "quality_filtered_documents")
+@dg.asset_check(asset=quality_filtered_documents, blocking=True, partitions_def=DAILY)
+def quality_filtered_documents_not_empty(context: dg.AssetCheckExecutionContext,
+                                         store: ArtifactStore) -> dg.AssetCheckResult:
+    return _not_empty(store, "quality_filtered_documents", context.partition_key)
+
+
+@dg.asset_check(asset=deduplicated_documents, partitions_def=DAILY)
+def deduplicated_documents_not_empty(context: dg.AssetCheckExecutionContext,
+                                     store: ArtifactStore) -> dg.AssetCheckResult:
+    """A warning only: a day that repeats earlier days adds nothing new, which is no error."""
+    return _not_empty(store, "deduplicated_documents", context.partition_key,
+                      dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(asset=decontaminated_documents, partitions_def=DAILY)
+def decontaminated_documents_not_empty(context: dg.AssetCheckExecutionContext,
+                                       store: ArtifactStore) -> dg.AssetCheckResult:
+    return _not_empty(store, "decontaminated_documents", context.partition_key,
+                      dg.AssetCheckSeverity.WARN)
 
 
 @dg.asset_check(asset=quality_classifier)
@@ -170,31 +223,28 @@ def quality_classifier_separates(context: dg.AssetCheckExecutionContext) -> dg.A
                                metadata={"heldout_auc": auc})
 
 
-@dg.asset_check(asset=deduplicated_documents, blocking=True)
-def deduplicated_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _not_empty(store, "deduplicated_documents")
-
-
-@dg.asset_check(asset=decontaminated_documents, blocking=True)
-def decontaminated_documents_not_empty(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _not_empty(store, "decontaminated_documents")
-
-
-@dg.asset_check(asset=decontaminated_documents)
-def decontamination_covered_every_benchmark(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+@dg.asset_check(asset=decontaminated_documents, partitions_def=DAILY)
+def decontamination_covered_every_benchmark(context: dg.AssetCheckExecutionContext
+                                            ) -> dg.AssetCheckResult:
     """A warning when a benchmark's data was missing, so its contamination was not checked."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("decontaminated_documents"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("decontaminated_documents"),
+                              asset_partitions=[context.partition_key]), limit=1).records
+    meta = records[0].event_log_entry.asset_materialization.metadata if records else {}
     skipped = meta["skipped_benchmarks"].value if "skipped_benchmarks" in meta else {}
-    return dg.AssetCheckResult(passed=not skipped, severity=dg.AssetCheckSeverity.WARN,
+    return dg.AssetCheckResult(passed=bool(records) and not skipped,
+                               severity=dg.AssetCheckSeverity.WARN,
                                metadata={"skipped": dg.MetadataValue.json(skipped)})
 
 
-@dg.asset_check(asset=deduplicated_documents)
-def dedup_rate_in_band(store: ArtifactStore) -> dg.AssetCheckResult:
-    """A dedup that removes more than half the corpus usually means a broken normalization."""
-    before = count_rows(documents_path(store, "quality_filtered_documents"))
-    after = count_rows(documents_path(store, "deduplicated_documents"))
+@dg.asset_check(asset=deduplicated_documents, partitions_def=DAILY)
+def dedup_rate_in_band(context: dg.AssetCheckExecutionContext,
+                       store: ArtifactStore) -> dg.AssetCheckResult:
+    """Within one day, a dedup that removes more than half usually means a broken normalization
+    (or a site that did not change since the day before)."""
+    day = context.partition_key
+    before = count_rows(documents_path(store, "quality_filtered_documents", day))
+    after = count_rows(documents_path(store, "deduplicated_documents", day))
     rate = 1 - after / before if before else 0.0
     return dg.AssetCheckResult(passed=rate <= 0.5, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"dedup_rate": rate, "before": before, "after": after})

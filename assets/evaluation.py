@@ -9,12 +9,11 @@ in the UI (and blocks the report where the suite says so).
 
 import dagster as dg
 
-from lmforge.evaluate.harness import (EvalConfig, EvalSummary, evaluate, load_suite, regressions,
-                                      suite_names)
+from assets.partitions import SUITES
+from lmforge.evaluate.harness import EvalConfig, EvalSummary, evaluate, load_suite, regressions
 from lmforge.io import read_json
 from resources import ArtifactStore, dagster_config, engine_config
 
-SUITES = dg.StaticPartitionsDefinition(suite_names())
 ModelEvalConfig = dagster_config(
     EvalConfig, "ModelEvalConfig",
     exclude={"model_dir", "adapter_dir", "heldout_path", "out_dir", "suite"})

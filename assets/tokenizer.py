@@ -16,7 +16,7 @@ MIN_BYTES_PER_TOKEN = 2.0
 
 
 def corpus_path(store: ArtifactStore):
-    return store.path("decontaminated_documents", "documents.parquet")
+    return store.path("decontaminated_documents", "documents")
 
 
 @dg.asset(code_version="bpe-1", group_name="tokenizer", kinds={"huggingface"},

@@ -43,7 +43,7 @@ def sft_conversations(context: dg.AssetExecutionContext, config: SFTConversation
                       store: ArtifactStore) -> dg.MaterializeResult:
     """Chat-format instruction data: `documents.jsonl` derived from the crawled corpus (for SFT),
     and `math.jsonl` from GSM8K's train split (for the LoRA adapter) when the mirror is present."""
-    docs = store.path("decontaminated_documents", "documents.parquet")
+    docs = store.path("decontaminated_documents", "documents")
     out_docs = store.path("sft_conversations", "documents.jsonl")
     stats = sft_data_from_documents(docs, out_docs, max_examples=config.max_document_examples,
                                     seed=config.seed)

@@ -111,10 +111,13 @@ def read_parquet_rows(path: str | os.PathLike, columns: list[str] | None = None,
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
-    """The Parquet files at ``path``: the file itself, or the sorted ``*.parquet`` of a directory."""
+    """The Parquet files at ``path``: the file itself, or the sorted ``*.parquet`` of a directory
+    (for example one file per day), leaving out the removed documents stored beside them
+    (``*.removed.parquet``, see ``removed_path_for``) and temporary files."""
     p = Path(path)
     if p.is_dir():
-        return sorted(x for x in p.glob("*.parquet") if not x.name.startswith("."))
+        return sorted(x for x in p.glob("*.parquet")
+                      if not x.name.startswith(".") and not x.name.endswith(".removed.parquet"))
     if not p.exists():
         raise FileNotFoundError(f"no Parquet file or directory at {p}")
     return [p]

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Materialize every asset of the graph with a preset (default: tiny, a few "
         "minutes on a laptop CPU, offline) into the project's Dagster instance.")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--day", default=None,
+                        help="crawl partition, YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--suite", default=None,
                         help="evaluation suite (default: the preset's; tiny: smoke)")
     parser.add_argument("--artifacts", default=None,
@@ -101,25 +103,39 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pipelines.definitions import defs
+    from pipelines.definitions import CURATION_ASSETS, MODEL_ASSETS, defs
     from pipelines.presets import PRESET_SUITES, job_name, run_config
     from resources import ArtifactStore
 
+    from assets.partitions import DAILY
+
     instance = dg.DagsterInstance.get()
     started = time.time()
-    result = defs.resolve_job_def(job_name(args.preset)).execute_in_process(
-        run_config=run_config(args.preset), instance=instance, raise_on_error=False,
-        partition_key=args.suite or PRESET_SUITES[args.preset])
+    day = args.day or DAILY.get_last_partition_key()
+    suite = args.suite or PRESET_SUITES[args.preset]
+    results = []
+    for kind, partition, asset_names in (("curation", day, CURATION_ASSETS),
+                                         ("full_pipeline", suite, MODEL_ASSETS)):
+        print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]", file=sys.stderr)
+        job = defs.resolve_job_def(job_name(kind, args.preset))
+        result = job.execute_in_process(
+            run_config=run_config(args.preset, assets=asset_names), instance=instance,
+            raise_on_error=False, partition_key=partition)
+        results.append(result)
+        if not result.success:
+            break
     elapsed = time.time() - started
     artifacts = ArtifactStore().base()
     for line in summary_lines(instance, artifacts):
         print(line)
-    print(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {elapsed:.0f} s")
-    if not result.success:
+    success = all(r.success for r in results) and len(results) == 2
+    runs = ", ".join(r.run_id for r in results)
+    print(f"runs {runs} {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s")
+    for result in results:
         for event in result.all_events:
             if event.is_failure:
                 print(f"  failed: {event.step_key}: {event.message}", file=sys.stderr)
-    return 0 if result.success else 1
+    return 0 if success else 1
 
 
 if __name__ == "__main__":

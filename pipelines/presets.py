@@ -42,16 +42,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_SUITES: dict[str, str] = {"tiny": "smoke", "gpt2-124m": "standard", "1b": "standard"}
 
 
-def job_name(preset: str) -> str:
-    return "full_pipeline" if preset == "tiny" else f"full_pipeline_{preset.replace('-', '_')}"
+def job_name(kind: str, preset: str) -> str:
+    """``curation`` / ``full_pipeline`` for tiny, ``<kind>_<preset>`` for the others."""
+    return kind if preset == "tiny" else f"{kind}_{preset.replace('-', '_')}"
 
 
-def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The Dagster run config of a preset, with per-asset ``overrides`` merged on top."""
+def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None,
+               assets: set[str] | None = None) -> dict[str, Any]:
+    """The Dagster run config of a preset, with per-asset ``overrides`` merged on top, limited
+    to ``assets`` (the assets of the job it is for) when given."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     ops: dict[str, dict[str, Any]] = {}
     for source in (PRESETS[preset], overrides or {}):
         for asset_name, values in source.items():
-            ops.setdefault(asset_name, {}).update(values)
+            if assets is None or asset_name in assets:
+                ops.setdefault(asset_name, {}).update(values)
     return {"ops": {name: {"config": values} for name, values in ops.items()}}

@@ -34,7 +34,7 @@ class ReportInputs:
                   "deduplicated_documents",
                   "decontaminated_documents"]
         return cls(
-            funnel=[(s, root / s / "documents.parquet") for s in stages],
+            funnel=[(s, root / s / "documents") for s in stages],  # every day's Parquet
             tokenizer_dir=root / "tokenizer" / "tokenizer",
             trainings={"pretrain": root / "pretrained_model" / "run",
                        "sft": root / "sft_model" / "run",
