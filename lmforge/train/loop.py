@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
+from lmforge.io import atomic_path
 from lmforge.train.telemetry import Telemetry
 
 Batch = dict[str, torch.Tensor]
@@ -211,7 +212,16 @@ def latest_checkpoint(out_dir: str | Path) -> str | None:
     if not latest.exists():
         return None
     tag = latest.read_text().strip()
-    return tag if (latest.parent / tag).is_dir() else None
+    # An empty pointer (a crash before the write reached disk) must not name checkpoints/ itself.
+    return tag if tag and (latest.parent / tag).is_dir() else None
+
+
+def _metrics_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a blank or torn (crashed mid-write) line."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def _rng_state() -> dict:
@@ -310,9 +320,21 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def input_tokens(batch: Batch) -> int:
+    """Non-padding input positions of a micro-batch, for token counts and throughput. A packed
+    batch (see ``packing.py``) says so in ``num_tokens``: its 4D attention mask marks no padding."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return batch["input_ids"].numel()
+
+
 def forward_nll(model, batch: Batch) -> torch.Tensor:
-    """Summed NLL of ``batch['targets']`` (already shifted; -100 = not trained)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    """Summed NLL of ``batch['targets']`` (already shifted; -100 = not trained). ``position_ids``
+    and a 4D ``attention_mask`` are passed through when present (packed SFT rows)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                   position_ids=batch.get("position_ids")).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch["targets"].reshape(-1),
                            ignore_index=-100, reduction="sum")
 
@@ -339,8 +361,9 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
     a checkpoint.
 
     ``batch_fn(step, micro, rank, world_size)`` returns one micro-batch (``input_ids``,
-    ``targets``, optionally ``attention_mask``); ``eval_fn(rank, world_size)`` yields the val
-    batches. Rank 0 writes ``metrics.jsonl`` and TensorBoard logs under ``out_dir``.
+    ``targets``, optionally ``attention_mask``, ``position_ids`` and ``num_tokens``);
+    ``eval_fn(rank, world_size)`` yields the val batches. Rank 0 writes ``metrics.jsonl`` and
+    TensorBoard logs under ``out_dir``.
     """
     import deepspeed
 
@@ -372,11 +395,13 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
     writer = None
     metrics_path = out_dir / "metrics.jsonl"
     if dist.rank == 0:
-        # A crash after the last checkpoint leaves lines for steps that will be re-run.
+        # A crash after the last checkpoint leaves lines for steps that will be re-run, and maybe
+        # a last line cut off mid-write; rewrite the file atomically without either.
         if metrics_path.exists():
             kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
+                    if (line_step := _metrics_step(line)) is not None and line_step <= start]
+            with atomic_path(metrics_path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
         elif start == 0:
             metrics_path.write_text("")
         from torch.utils.tensorboard import SummaryWriter
@@ -408,8 +433,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
             group["lr"] = lr
         batches = [_to(batch_fn(step, m, dist.rank, dist.world_size), dist.device) for m in range(cfg.grad_accum)]
         n_local = sum(int((b["targets"] != -100).sum()) for b in batches)
-        in_local = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                       for b in batches)
+        in_local = sum(input_tokens(b) for b in batches)
         n_targets, n_inputs = _all_reduce_sum([n_local, in_local], dist)
         # DeepSpeed divides each micro-batch's loss by grad_accum and averages gradients over
         # ranks; scaling by (grad_accum * world / n_targets) makes the step's gradient that of

@@ -9,6 +9,9 @@ not to imitate users or the template's scaffolding. Which characters are the rep
 rendering the conversation prefix by prefix, so any prefix-stable template works, not only ChatML.
 
 The loss of a step is the mean NLL over all assistant tokens of the step (see ``loop.py``).
+With ``packing`` (the default) the conversations of a micro-batch share rows of ``max_len``
+positions without seeing each other (``packing.py``) instead of each being padded to the longest:
+the same conversations per step and the same loss, with fewer padded positions to compute.
 The run directory gets ``model/`` (HF + tokenizer files), ``summary.json``, ``metrics.jsonl``,
 ``checkpoints/`` (resume) and ``tensorboard/``.
 """
@@ -28,6 +31,7 @@ from pydantic import Field
 
 from lmforge.io import write_json
 from lmforge.train.loop import TrainConfig, init_distributed, save_hf_model, train
+from lmforge.train.packing import pack_batch
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -222,7 +226,9 @@ class SFTConfig(TrainConfig):
     epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is not set")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from epochs)")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="held-out share of conversations for val loss")
-    micro_batch: int = Field(8, ge=1)
+    micro_batch: int = Field(8, ge=1, description="conversations per micro-batch (packed or padded)")
+    packing: bool = Field(True, description="pack each micro-batch's conversations into rows of max_len "
+                          "positions (block-diagonal attention, restarting positions: the loss of padding)")
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(10, ge=0)
     eval_every: int = Field(0, ge=0)
@@ -248,9 +254,13 @@ def prepare(cfg: SFTConfig, tokenizer, world_size: int):
     order = ExampleOrder(len(train_ex), cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    def make_batch(chunk: list[dict]):
+        # Packing changes only the layout of a micro-batch's conversations, not which ones.
+        return pack_batch(chunk, cfg.max_len, pad_id) if cfg.packing else collate(chunk, pad_id)
+
     def batch_fn(step, micro, rank, world):
         idx = order.indices(step, micro, cfg.micro_batch, cfg.grad_accum, rank, world)
-        return collate([train_ex[i] for i in idx], pad_id)
+        return make_batch([train_ex[i] for i in idx])
 
     def eval_fn(rank, world):
         n_batches = min(cfg.eval_batches, -(-len(val_ex) // cfg.micro_batch))
@@ -258,11 +268,11 @@ def prepare(cfg: SFTConfig, tokenizer, world_size: int):
         for b in range(rank, n_batches, world):
             chunk = val_ex[b * cfg.micro_batch:(b + 1) * cfg.micro_batch]
             if not chunk:  # a rank past the end re-reads the first batch and adds nothing
-                batch = collate(val_ex[:1], pad_id)
+                batch = make_batch(val_ex[:1])
                 batch["targets"].fill_(IGNORE)
                 yield batch
             else:
-                yield collate(chunk, pad_id)
+                yield make_batch(chunk)
 
     return data_stats, train_ex, val_ex, max_steps, batch_fn, (eval_fn if val_ex else None)
 
@@ -292,7 +302,8 @@ def sft(cfg: SFTConfig) -> RunStats:
 
     with Telemetry(dist.rank, prefix="sft") as tel:
         tel.log(f"{data_stats.kept} conversations ({data_stats.dropped_no_target} dropped, "
-                f"{data_stats.truncated} truncated), {len(val_ex)} held out; {max_steps} steps")
+                f"{data_stats.truncated} truncated), {len(val_ex)} held out; {max_steps} steps"
+                + ("; packed micro-batches" if cfg.packing else ""))
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
                        flops_per_token=flops_per_token(model.config, cfg.max_len),
                        config_record=run_cfg.model_dump())
@@ -317,6 +328,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", dest="micro_batch", type=int, help="conversations per micro-batch")
     p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step")
     p.add_argument("--max-len", dest="max_len", type=int, help="truncate conversations to N tokens")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                   help="pack conversations into rows of --max-len positions (default: on)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
     p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
