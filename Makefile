@@ -40,5 +40,13 @@ ui: install
 	$(BIN)/python -c "from pipelines.demo import prepare_instance_dir; prepare_instance_dir()"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# CPU benchmarks: each prints lmforge's figure, the alternative's, and their ratio.
+bench: install
+	$(BIN)/python benchmarks/dedup_speed.py
+	$(BIN)/python benchmarks/extract_speed.py
+	$(BIN)/python benchmarks/eval_speed.py
+	$(BIN)/python benchmarks/sft_packing.py
+	$(BIN)/python benchmarks/pretrain_throughput.py --repeats 3
+
 clean:
 	rm -rf .dagster artifacts
