@@ -65,6 +65,9 @@ class DedupConfig(BaseModel):
     index_path: str | None = None
     # datasketch storage for the LSH, passed through: {"type": "dict"} (in memory, pickled into
     # index_path) or {"type": "redis", "basename": b"lmforge", "redis": {"host": ..., "port": ...}}.
+    # Only the LSH buckets live in Redis: the kept ids, exact-text digests and signatures/shingles
+    # stay in index_path, so Redis storage needs index_path and a fixed basename, and runs sharing
+    # one basename must run one after the other (each loads the file the previous one saved).
     storage_config: dict[str, Any] | None = None
     sample_clusters: int = 5  # duplicate pairs to show in the metadata
     batch_rows: int = 2_000
@@ -174,6 +177,8 @@ class DedupIndex:
         if cfg.storage_config is not None:
             lsh_kwargs["storage_config"] = cfg.storage_config
         self.lsh = MinHashLSH(**lsh_kwargs)
+        # LSH buckets outside this process (Redis): not pickled, reopened from storage_config.
+        self.external = (cfg.storage_config or {}).get("type", "dict") != "dict"
         self.exact: dict[bytes, str] = {}  # digest of normalized text -> kept id
         self.ids: list[str] = []  # LSH key (int) -> kept id
         self.shingles: list[np.ndarray] = []  # LSH key -> sorted unique shingle hashes ("exact")
@@ -205,7 +210,8 @@ class DedupIndex:
         return len(self.ids)
 
     def save(self, path: str | Path) -> None:
-        state = {"format": INDEX_FORMAT, "params": self.params, "lsh": self.lsh,
+        state = {"format": INDEX_FORMAT, "params": self.params,
+                 "lsh": None if self.external else self.lsh,
                  "exact": self.exact, "ids": self.ids, "shingles": self.shingles, "signatures": self._sigs[: len(self.ids)]}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
@@ -214,7 +220,19 @@ class DedupIndex:
     @classmethod
     def load_or_create(cls, cfg: DedupConfig) -> "DedupIndex":
         index = cls(cfg)
+        if index.external:
+            # The LSH keys are positions in this index's id list: Redis buckets without the matching
+            # file (or a file without its buckets) would answer with someone else's keys.
+            if not cfg.index_path or "basename" not in cfg.storage_config:
+                raise ValueError("storage_config of type "
+                                 f"{cfg.storage_config['type']!r} holds only the LSH buckets: set "
+                                 "index_path (kept ids and signatures live there) and a fixed "
+                                 "'basename' in storage_config")
         if not cfg.index_path or not Path(cfg.index_path).exists():
+            if index.external and not index.lsh.is_empty():
+                raise ValueError(f"LSH storage {cfg.storage_config['basename']!r} already holds "
+                                 f"{index.lsh.keys.size()} documents but {cfg.index_path} does not "
+                                 "exist: use a new basename or clear it")
             return index
         with open(cfg.index_path, "rb") as f:
             state = pickle.load(f)
@@ -223,7 +241,18 @@ class DedupIndex:
         if state["params"] != index.params:
             raise ValueError(f"dedup index {cfg.index_path} was built with {state['params']}, "
                              f"not {index.params}: use the same settings or a new index path")
-        index.lsh, index.exact, index.ids = state["lsh"], state["exact"], state["ids"]
+        if index.external:
+            if index.lsh.keys.size() != len(state["ids"]):
+                raise ValueError(f"LSH storage {cfg.storage_config['basename']!r} holds "
+                                 f"{index.lsh.keys.size()} documents but {cfg.index_path} holds "
+                                 f"{len(state['ids'])}: they are out of sync (another run wrote "
+                                 "to the same basename, or the storage was cleared)")
+        elif state["lsh"] is None:
+            raise ValueError(f"{cfg.index_path} keeps its LSH in external storage: pass the "
+                             "storage_config that built it")
+        else:
+            index.lsh = state["lsh"]
+        index.exact, index.ids = state["exact"], state["ids"]
         index.shingles = state["shingles"]
         sigs = state["signatures"]
         index._sigs = np.concatenate([sigs, np.empty((max(len(sigs), 1024), sigs.shape[1]),
