@@ -42,10 +42,12 @@ ui: install
 
 # CPU benchmarks: each prints lmforge's figure, the alternative's, and their ratio.
 bench: install
+	$(BIN)/pip install -q -e ".[dev,bench]"
 	$(BIN)/python benchmarks/dedup_speed.py
 	$(BIN)/python benchmarks/extract_speed.py
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/sft_packing.py
+	$(BIN)/python benchmarks/sft_vs_trl.py
 	$(BIN)/python benchmarks/pretrain_throughput.py --repeats 3
 
 clean:
