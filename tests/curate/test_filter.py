@@ -139,3 +139,126 @@ def test_cli_languages_and_default_removed_path(write_docs, tmp_path, real_texts
     assert [r["reason"] for r in rows(tmp_path / "f" / "kept.removed.parquet")] == ["language"]
     assert flt.main([str(tmp_path / "missing.parquet"), str(out)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+# --- Gopher repetition rules ------------------------------------------------------------------
+
+GOPHER_REPETITION = dict(
+    max_dup_line_fraction=0.3, max_dup_para_fraction=0.3, max_dup_line_char_fraction=0.2,
+    max_dup_para_char_fraction=0.2, max_top_2gram_char_fraction=0.2,
+    max_top_3gram_char_fraction=0.18, max_top_4gram_char_fraction=0.16,
+    **{f"max_dup_{n}gram_char_fraction": v
+       for n, v in zip(range(5, 11), (0.15, 0.14, 0.13, 0.12, 0.11, 0.10))})
+
+
+def _paragraph(page: str) -> str:
+    """The first paragraph of a pydoc page with 20+ words."""
+    return next(p for p in page.split("\n\n") if len(p.split()) >= 20)
+
+
+def _degenerate(real_texts, pydoc_pages) -> dict[str, str]:
+    lines = [ln for ln in real_texts[0].splitlines() if len(ln.split()) >= 5]
+    return {
+        # One real paragraph 20 times, as spam pages and broken extractions do.
+        "para": "\n\n".join([_paragraph(pydoc_pages["json"])] * 20),
+        # A real document followed by one of its own lines 50 times (no blank lines).
+        "line": real_texts[1] + "\n" + "\n".join([lines[0]] * 50),
+        # A real document with one word pair repeated along a single line.
+        "pair": real_texts[2] + "\n" + " ".join(["heap queue"] * 120),
+    }
+
+
+def test_repetition_rules_on_real_text(real_texts, pydoc_pages):
+    cfg = FilterConfig()
+    for name, page in pydoc_pages.items():
+        assert flt.repetition_rule_failed(page, cfg, flt.FilterStats()) is None, name
+    for text in real_texts[:20]:
+        assert flt.repetition_rule_failed(text, cfg, flt.FilterStats()) is None
+    bad = _degenerate(real_texts, pydoc_pages)
+    stats = flt.FilterStats()
+    assert flt.repetition_rule_failed(bad["para"], cfg, stats) == "dup_paragraphs"
+    assert stats.seen_by_rule == Counter(dup_paragraphs=1)
+    assert flt.repetition_rule_failed(bad["line"], cfg, flt.FilterStats()) == "dup_lines"
+    assert flt.repetition_rule_failed(bad["pair"], cfg, flt.FilterStats()) == "top_2gram"
+
+    fig = flt.repetition_figures(bad["para"])
+    assert fig["dup_paragraphs"] == 19 / 20 and 0.9 < fig["dup_paragraph_chars"] < 0.95
+    assert fig["dup_10gram"] > 0.7  # word characters only, as in datatrove
+    # Each bound switches off on its own, and the next rule takes over.
+    off = cfg.model_copy(update={"max_dup_para_fraction": None})
+    assert flt.repetition_rule_failed(bad["para"], off, flt.FilterStats()) == "dup_paragraph_chars"
+    off = cfg.model_copy(update={"max_top_2gram_char_fraction": None})
+    assert flt.repetition_rule_failed(bad["pair"], off, flt.FilterStats()) == "top_3gram"
+    everything_off = cfg.model_copy(update={k: None for k in GOPHER_REPETITION})
+    assert flt.repetition_rule_failed(bad["para"], everything_off, flt.FilterStats()) is None
+    # Gopher's own values are stricter: pydoc's repeated "Methods defined here:" style lines
+    # alone remove a real documentation page the tiny preset keeps.
+    gopher = FilterConfig(**GOPHER_REPETITION)
+    assert any(flt.repetition_rule_failed(p, gopher, flt.FilterStats())
+               for p in pydoc_pages.values())
+
+
+def test_repetition_removals_in_the_stage(real_texts, pydoc_pages, write_docs, tmp_path):
+    bad = _degenerate(real_texts, pydoc_pages)
+    docs = {"page_json": pydoc_pages["json"], "page_textwrap": pydoc_pages["textwrap"],
+            "en0": real_texts[3], **bad}
+    src = write_docs("rep", [{"id": k, "url": f"http://x/{k}", "text": v} for k, v in docs.items()])
+    stats = filter_documents(src, tmp_path / "k.parquet", tmp_path / "r.parquet", FilterConfig())
+    assert {r["id"] for r in rows(tmp_path / "k.parquet")} == {"page_json", "page_textwrap", "en0"}
+    assert {r["id"]: r["reason"] for r in rows(tmp_path / "r.parquet")} == {
+        "para": "dup_paragraphs", "line": "dup_lines", "pair": "top_2gram"}
+    rates = stats.to_metadata()["keep_rate_by_filter"]
+    assert rates["dup_paragraphs"] == round(5 / 6, 4)
+    assert rates["dup_lines"] == round(4 / 5, 4) and rates["top_2gram"] == round(3 / 4, 4)
+    assert rates["dup_10gram"] == 1.0
+
+
+# --- URL blocklist ----------------------------------------------------------------------------
+
+
+def test_url_blocklist_matching_and_file(tmp_path):
+    blocked = {"casino.example", "ads.tracker.net"}
+    assert flt.url_blocked("https://casino.example/play", blocked)
+    assert flt.url_blocked("http://www.Casino.Example:8080/x?y=1", blocked)  # subdomain, port
+    assert flt.url_blocked("https://eu.ads.tracker.net/", blocked)
+    assert flt.url_blocked("casino.example/no-scheme", blocked)
+    assert not flt.url_blocked("https://tracker.net/", blocked)  # the parent is not listed
+    assert not flt.url_blocked("https://notcasino.example/", blocked)  # suffix, not subdomain
+    assert not flt.url_blocked("https://docs.python.org/3/?q=casino.example", blocked)
+    assert not flt.url_blocked("", blocked) and not flt.url_blocked(None, blocked)
+
+    listing = tmp_path / "domains"
+    listing.write_text("# UT1 blacklist, category adult\n\nCasino.Example\n"
+                       "  spam.org  # trailing comment\n0.0.0.0 malware.test\n*.wild.test\n")
+    assert flt.read_blocklist_file(listing) == {"casino.example", "spam.org", "malware.test",
+                                                "wild.test"}
+    cfg = FilterConfig(url_blocklist=["extra.net"], url_blocklist_file=str(listing))
+    assert flt.load_blocklist(cfg) == {"casino.example", "spam.org", "malware.test", "wild.test",
+                                       "extra.net"}
+    with pytest.raises(FileNotFoundError, match="blocklist"):
+        flt.load_blocklist(FilterConfig(url_blocklist_file=str(tmp_path / "missing")))
+
+
+def test_url_blocklist_in_stage_and_cli(real_texts, write_docs, tmp_path):
+    urls = ["https://casino.example/a", "https://www.casino.example/b", "https://spam.org/c",
+            "https://docs.python.org/3/library/json.html", "http://127.0.0.1:8000/heapq.html"]
+    src = write_docs("urls", [{"id": f"d{i}", "url": u, "text": real_texts[i]}
+                              for i, u in enumerate(urls)])
+    stats = filter_documents(src, tmp_path / "k.parquet", tmp_path / "r.parquet",
+                             FilterConfig(url_blocklist=["casino.example"]))
+    assert [r["id"] for r in rows(tmp_path / "k.parquet")] == ["d2", "d3", "d4"]
+    assert [(r["id"], r["reason"]) for r in rows(tmp_path / "r.parquet")] == [
+        ("d0", "url_blocklist"), ("d1", "url_blocklist")]
+    assert stats.to_metadata()["keep_rate_by_filter"]["url_blocklist"] == 0.6
+    # No blocklist: the rule is not run, so it has no keep-rate.
+    stats = filter_documents(src, tmp_path / "k0.parquet", tmp_path / "r0.parquet", FilterConfig())
+    assert "url_blocklist" not in stats.to_metadata()["keep_rate_by_filter"]
+
+    listing = tmp_path / "domains"
+    listing.write_text("# comment\nspam.org\n")
+    out = tmp_path / "cli" / "kept.parquet"
+    assert flt.main([src, str(out), "--url-blocklist", "casino.example,127.0.0.1",
+                     "--url-blocklist-file", str(listing)]) == 0
+    assert [r["id"] for r in rows(out)] == ["d3"]
+    assert {r["reason"] for r in rows(tmp_path / "cli" / "kept.removed.parquet")} == {"url_blocklist"}
+    assert flt.main([src, str(out), "--url-blocklist-file", str(tmp_path / "none.txt")]) == 2
