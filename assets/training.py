@@ -132,6 +132,25 @@ def pretrain_loss_fell(store: ArtifactStore) -> dg.AssetCheckResult:
     return _loss_check(store.path("pretrained_model", "run", "summary.json"), must_fall=True)
 
 
+@dg.asset_check(asset=pretrained_model)
+def pretrain_data_covers_chinchilla_budget(store: ArtifactStore) -> dg.AssetCheckResult:
+    """A warning when the training shards hold fewer tokens than the compute-optimal budget
+    (about 20 tokens per parameter, Hoffmann et al. 2022): the model will repeat its data."""
+    summary_path = store.path("pretrained_model", "run", "summary.json")
+    header = store.path("token_shards", "shards", "train.json")
+    if not summary_path.exists() or not header.exists():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                   description="no training summary or shard header")
+    budget = int(read_json(summary_path).get("chinchilla_tokens", 0))
+    available = int(read_json(header)["num_tokens"])
+    return dg.AssetCheckResult(
+        passed=available >= budget, severity=dg.AssetCheckSeverity.WARN,
+        description=None if available >= budget else
+        f"{available:,} training tokens for a budget of {budget:,}: crawl more, or a smaller preset",
+        metadata={"train_tokens": available, "chinchilla_tokens": budget,
+                  "coverage": available / budget if budget else 0.0})
+
+
 @dg.asset_check(asset=sft_model, blocking=True)
 def sft_loss_fell(store: ArtifactStore) -> dg.AssetCheckResult:
     return _loss_check(store.path("sft_model", "run", "summary.json"), must_fall=True)
