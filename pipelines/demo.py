@@ -36,15 +36,15 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
              "deduplicated_documents",
              "decontaminated_documents")]
     crawl = _metadata(instance, "crawled_pages")
-    lines.append(f"{'crawled pages:':<26}{crawl.get('pages_fetched', '?')}")
+    lines.append(f"{'crawled pages:':<28}{crawl.get('pages_fetched', '?')}")
     for key, meta in docs:
-        lines.append(f"{key + ':':<26}{meta.get('kept_documents', meta.get('documents', '?'))}")
+        lines.append(f"{key + ':':<28}{meta.get('kept_documents', meta.get('documents', '?'))}")
     tok = _metadata(instance, "tokenizer")
-    lines.append(f"{'tokenizer vocabulary:':<26}{tok.get('vocab_size', '?')} "
+    lines.append(f"{'tokenizer vocabulary:':<28}{tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")
     for key in ("pretrained_model", "sft_model", "lora_adapter"):
         meta = _metadata(instance, key)
-        lines.append(f"{key + ' loss:':<26}{_num(meta.get('first_loss', '?'))} -> "
+        lines.append(f"{key + ' loss:':<28}{_num(meta.get('first_loss', '?'))} -> "
                      f"{_num(meta.get('final_loss', '?'))}")
     for key in ("base_model_eval", "sft_model_eval", "lora_model_eval"):
         meta = _metadata(instance, key)
@@ -54,7 +54,7 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
         skipped = meta.get("skipped") or {}
         if skipped:
             shown += f" (skipped: {', '.join(skipped)})"
-        lines.append(f"{key + ':':<26}{shown}")
+        lines.append(f"{key + ':':<28}{shown}")
     lines += ["", f"artifacts:   {artifacts}",
               f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
               f"evaluations: {artifacts}/<model>_model_eval/<suite>/ (lm-eval results.json)",
