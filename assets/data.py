@@ -7,6 +7,7 @@ every day kept before it, through a persistent MinHash index.
 """
 
 
+import shutil
 from typing import Optional
 
 import dagster as dg
@@ -82,8 +83,6 @@ def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassif
         if not cfg.positives:
             default_positives()  # raises when there is no reference text on this machine
     except FileNotFoundError as e:
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
         context.log.warning("quality classifier skipped: %s", e)
         return dg.MaterializeResult(metadata={"skipped": str(e)})
@@ -111,7 +110,7 @@ def quality_filtered_documents(context: dg.AssetExecutionContext, config: Qualit
     if not (model / "quality.json").exists():
         context.log.warning("no quality classifier: documents pass through unscored")
         with atomic_path(out) as tmp:
-            tmp.write_bytes(source.read_bytes())
+            shutil.copyfile(source, tmp)
         removed_path(store, "quality_filtered_documents", day).unlink(missing_ok=True)
         return dg.MaterializeResult(metadata={"path": str(out), "skipped": "no quality classifier",
                                               "kept_documents": count_rows(out)})

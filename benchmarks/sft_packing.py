@@ -37,16 +37,10 @@ import torch  # noqa: E402
 
 from lmforge.paths import benchmarks_dir  # noqa: E402
 from lmforge.train.loop import forward_nll, input_tokens  # noqa: E402
+from lmforge.tokenize.bpe import CHAT_TEMPLATE  # noqa: E402
 from lmforge.train.model import build_model, model_config  # noqa: E402
 from lmforge.train.packing import pack_batch  # noqa: E402
 from lmforge.train.sft import build_examples, collate  # noqa: E402
-
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def gsm8k_rows() -> list[dict]:
@@ -58,7 +52,9 @@ def gsm8k_rows() -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def train_tokenizer(rows: list[dict], out_dir: str):
+def train_tokenizer(rows: list[dict], out_dir):
+    """A byte-level BPE (vocab 1024) on GSM8K text, with our special tokens and chat template;
+    shared with sft_vs_trl.py."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -71,7 +67,7 @@ def train_tokenizer(rows: list[dict], out_dir: str):
     tok.train_from_iterator((r["question"] + "\n" + r["answer"] for r in rows), trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                  pad_token="<|pad|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-    hf.chat_template = CHATML
+    hf.chat_template = CHAT_TEMPLATE  # the pipeline's own ChatML template
     hf.save_pretrained(out_dir)
     return AutoTokenizer.from_pretrained(out_dir)
 

@@ -58,37 +58,6 @@ def rss_mib() -> float:
 # shared setup (parent process): tokenizer, base model, conversations in training order
 
 
-def gsm8k_rows() -> list[dict]:
-    from lmforge.paths import benchmarks_dir
-
-    root = benchmarks_dir()
-    path = None if root is None else root / "gsm8k" / "train.jsonl"
-    if path is None or not path.exists():
-        sys.exit("GSM8K mirror not found: set LMFORGE_BENCHMARKS_DIR (see docs/ENGINE.md)")
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def train_tokenizer(rows: list[dict], out_dir: Path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from lmforge.tokenize.bpe import CHAT_TEMPLATE
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, show_progress=False,
-                                  special_tokens=["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator((r["question"] + "\n" + r["answer"] for r in rows), trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                 pad_token="<|pad|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-    hf.chat_template = CHAT_TEMPLATE
-    hf.save_pretrained(out_dir)
-    return AutoTokenizer.from_pretrained(out_dir)
-
-
 def prepare_workdir(args, work: Path) -> dict:
     """Write base/ (model + tokenizer) and two copies of the conversations: data.jsonl in the given
     order for lmforge (which shuffles with its seed) and trl.jsonl already in lmforge's order."""
@@ -96,6 +65,10 @@ def prepare_workdir(args, work: Path) -> dict:
 
     from lmforge.train.model import build_model, model_config
     from lmforge.train.sft import ExampleOrder, build_examples
+
+    # The same data and tokenizer as the packing benchmark. Imported here, in the parent only:
+    # the workers' memory figures must not include that module's imports.
+    from sft_packing import gsm8k_rows, train_tokenizer
 
     rows = gsm8k_rows()
     base = work / "base"

@@ -20,8 +20,8 @@ def _dagster_type(tp: Any) -> Any:
     """Map annotations the Dagster config system refuses onto ones it accepts."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if tp is Path or tp is typing.Optional[Path]:
-        return str if tp is Path else typing.Optional[str]
+    if tp is Path:
+        return str
     if origin is tuple:
         inner = args[0] if args else str
         return list[_dagster_type(inner)]
