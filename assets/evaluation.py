@@ -1,7 +1,9 @@
 """Evaluation: the base, SFT and LoRA models through lm-evaluation-harness.
 
 One asset per model, partitioned by suite (``eval_suites/<suite>.yaml``): materializing the
-`standard` partition of `sft_model_eval` runs the standard suite on the SFT model. A benchmark
+`standard` partition of `sft_model_eval` runs the standard suite on the SFT model. The adapters'
+evaluation is partitioned by adapter task and suite: `math|smoke` runs the smoke suite on the SFT
+model with the math adapter. A benchmark
 whose data is unavailable is reported as skipped, with the reason, in the metadata. Each
 evaluation is compared with the previous one of the same model and suite, so a regression shows
 in the UI (and blocks the report where the suite says so).
@@ -9,7 +11,7 @@ in the UI (and blocks the report where the suite says so).
 
 import dagster as dg
 
-from assets.partitions import SUITES
+from assets.partitions import ADAPTER_EVALS, SUITES
 from lmforge.evaluate.harness import EvalConfig, EvalSummary, evaluate, load_suite, regressions
 from lmforge.io import read_json
 from resources import ArtifactStore, dagster_config, engine_config
@@ -18,35 +20,50 @@ ModelEvalConfig = dagster_config(
     EvalConfig, "ModelEvalConfig",
     exclude={"model_dir", "adapter_dir", "heldout_path", "out_dir", "suite"})
 
-# asset name -> (upstream asset, model directory, adapter directory) inside the artifact store
-EVALUATED = {
-    "base_model_eval": ("pretrained_model", ("pretrained_model", "run", "model"), None),
-    "sft_model_eval": ("sft_model", ("sft_model", "run", "model"), None),
-    "lora_model_eval": ("lora_adapter", ("sft_model", "run", "model"), ("lora_adapter", "adapter")),
-}
+# Where each evaluation reads its model and writes its results, from its partition's keys.
+Paths = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]  # model, adapter, results
 
 
-def results_dir(store: ArtifactStore, name: str, suite: str):
-    return store.path(name, suite)
+def _model_paths(model_asset: str):
+    def paths(name: str, keys: dict[str, str]) -> Paths:
+        return (model_asset, "run", "model"), None, (name, keys["suite"])
+    return paths
 
 
-def _summary(store: ArtifactStore, name: str, suite: str) -> EvalSummary | None:
-    path = results_dir(store, name, suite) / "summary.json"
+def _adapter_paths(name: str, keys: dict[str, str]) -> Paths:
+    return (("sft_model", "run", "model"), ("lora_adapter", keys["adapter"], "adapter"),
+            (name, keys["adapter"], keys["suite"]))
+
+
+def partition_keys(partitions_def: dg.PartitionsDefinition, key: str) -> dict[str, str]:
+    """``{"suite": "smoke"}`` for a suite partition, ``{"adapter": "math", "suite": "smoke"}``
+    for an adapter evaluation's ``math|smoke``."""
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return dict(partitions_def.get_partition_key_from_str(str(key)).keys_by_dimension)
+    return {"suite": key}
+
+
+def _summary(store: ArtifactStore, results: tuple[str, ...]) -> EvalSummary | None:
+    path = store.path(*results) / "summary.json"
     return EvalSummary.model_validate(read_json(path)) if path.exists() else None
 
 
-def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple[str, ...] | None):
+def _eval_asset(name: str, deps: list, partitions_def: dg.PartitionsDefinition, paths):
+    def _results(context) -> tuple[str, ...]:
+        return paths(name, partition_keys(partitions_def, context.partition_key))[2]
+
     @dg.asset(name=name, code_version="eval-1", group_name="evaluation", kinds={"lm-eval"},
-              deps=[upstream, "token_shards"], partitions_def=SUITES)
+              deps=[*deps, "token_shards"], partitions_def=partitions_def)
     def _asset(context: dg.AssetExecutionContext, config: ModelEvalConfig,
                store: ArtifactStore) -> dg.MaterializeResult:
-        suite = context.partition_key
+        keys = partition_keys(partitions_def, context.partition_key)
+        model, adapter, results = paths(name, keys)
         cfg = engine_config(
-            EvalConfig, config, suite=suite,
+            EvalConfig, config, suite=keys["suite"],
             model_dir=str(store.path(*model)),
             adapter_dir=str(store.path(*adapter)) if adapter else None,
             heldout_path=str(store.path("token_shards", "shards", "val.parquet")),
-            out_dir=str(results_dir(store, name, suite)),
+            out_dir=str(store.path(*results)),
         )
         summary = evaluate(cfg)
         for task, reason in summary.skipped.items():
@@ -56,11 +73,11 @@ def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple
             "scores": dg.MetadataValue.json(summary.scores), **summary.to_metadata()})
 
     @dg.asset_check(asset=_asset, name="eval_results_present", blocking=True,
-                    partitions_def=SUITES)
+                    partitions_def=partitions_def)
     def _results_present(context: dg.AssetCheckExecutionContext,
                          store: ArtifactStore) -> dg.AssetCheckResult:
         """Every task of the suite has a score, or a stated reason for being skipped."""
-        summary = _summary(store, name, context.partition_key)
+        summary = _summary(store, _results(context))
         if summary is None:
             return dg.AssetCheckResult(passed=False, description="no evaluation summary was written")
         missing = [t.name for t in summary.tasks if (t.status == "ok" and t.score is None)
@@ -70,25 +87,26 @@ def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple
             description=f"no result for {missing}" if missing else None,
             metadata={"scored": len(summary.scores), "skipped": len(summary.skipped)})
 
-    @dg.asset_check(asset=_asset, name="eval_above_thresholds", partitions_def=SUITES)
+    @dg.asset_check(asset=_asset, name="eval_above_thresholds", partitions_def=partitions_def)
     def _above_thresholds(context: dg.AssetCheckExecutionContext,
                           store: ArtifactStore) -> dg.AssetCheckResult:
         """Scores within the suite's thresholds (a warning: tiny models score at chance)."""
-        summary = _summary(store, name, context.partition_key)
+        summary = _summary(store, _results(context))
         failed = summary.failed if summary else ["no summary"]
         return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={"failed": dg.MetadataValue.json(failed)})
 
-    @dg.asset_check(asset=_asset, name="eval_no_regression", blocking=True, partitions_def=SUITES)
+    @dg.asset_check(asset=_asset, name="eval_no_regression", blocking=True,
+                    partitions_def=partitions_def)
     def _no_regression(context: dg.AssetCheckExecutionContext,
                        store: ArtifactStore) -> dg.AssetCheckResult:
         """No task worse than in the previous evaluation of this model and suite by more than
         the suite's `max_regression`; blocking when the suite sets `block_on_regression`."""
-        suite_name = context.partition_key
-        suite = load_suite(suite_name)
-        summary = _summary(store, name, suite_name)
+        partition = str(context.partition_key)
+        suite = load_suite(partition_keys(partitions_def, partition)["suite"])
+        summary = _summary(store, _results(context))
         records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[suite_name]),
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[partition]),
             limit=2).records
         if summary is None or suite.max_regression is None or len(records) < 2:
             why = ("no summary" if summary is None else "the suite sets no max_regression"
@@ -109,9 +127,12 @@ def _eval_asset(name: str, upstream: str, model: tuple[str, ...], adapter: tuple
     return _asset, _results_present, _above_thresholds, _no_regression
 
 
-(base_model_eval, base_eval_results, base_eval_thresholds,
- base_eval_regression) = _eval_asset("base_model_eval", *EVALUATED["base_model_eval"])
-(sft_model_eval, sft_eval_results, sft_eval_thresholds,
- sft_eval_regression) = _eval_asset("sft_model_eval", *EVALUATED["sft_model_eval"])
-(lora_model_eval, lora_eval_results, lora_eval_thresholds,
- lora_eval_regression) = _eval_asset("lora_model_eval", *EVALUATED["lora_model_eval"])
+(base_model_eval, base_eval_results, base_eval_thresholds, base_eval_regression) = _eval_asset(
+    "base_model_eval", ["pretrained_model"], SUITES, _model_paths("pretrained_model"))
+(sft_model_eval, sft_eval_results, sft_eval_thresholds, sft_eval_regression) = _eval_asset(
+    "sft_model_eval", ["sft_model"], SUITES, _model_paths("sft_model"))
+(lora_model_eval, lora_eval_results, lora_eval_thresholds, lora_eval_regression) = _eval_asset(
+    "lora_model_eval",
+    ["sft_model", dg.AssetDep("lora_adapter", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+        partition_dimension_name="adapter"))],
+    ADAPTER_EVALS, _adapter_paths)

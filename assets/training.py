@@ -1,4 +1,4 @@
-"""Training: pretraining, supervised fine-tuning and a LoRA adapter, each in its own process.
+"""Training: pretraining, supervised fine-tuning and LoRA adapters, each in its own process.
 
 The assets write the engine's config to the artifact store and start the engine's module through
 the TrainingLauncher (Dagster Pipes): the process streams loss and tokens/s into the run's logs
@@ -13,12 +13,13 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.partitions import ADAPTER_TASKS
 from lmforge.io import read_json
-from lmforge.paths import benchmarks_dir
 from lmforge.train.lora import LoraConfig
 from lmforge.train.pretrain import PretrainConfig
 from lmforge.train.sft import SFTConfig
-from lmforge.train.sft_data import sft_data_from_documents, sft_data_from_qa
+from lmforge.train.sft_data import DOCUMENT_KINDS, sft_data_from_documents
+from lmforge.train.tasks import TaskDataUnavailable, build_task_data, load_task, task_names
 from resources import ArtifactStore, TrainingLauncher, dagster_config, engine_config
 
 PretrainedModelConfig = dagster_config(PretrainConfig, "PretrainedModelConfig",
@@ -30,38 +31,45 @@ LoraAdapterConfig = dagster_config(LoraConfig, "LoraAdapterConfig",
 
 class SFTConversationsConfig(dg.Config):
     max_document_examples: int = Field(
-        default=600, description="Instruction examples derived from the crawled documents.")
-    gsm8k_examples: int = Field(
-        default=300, description="GSM8K train questions turned into chats for the math adapter, "
-        "when the benchmark mirror is present (LMFORGE_BENCHMARKS_DIR); 0 turns them off.")
+        default=600, description="Instruction examples derived from the crawled documents, for SFT.")
+    document_kinds: list[str] = Field(
+        default_factory=lambda: [k for k in DOCUMENT_KINDS if k != "signature"],
+        description=f"Which kinds of document questions train the SFT model (of "
+        f"{', '.join(DOCUMENT_KINDS)}); the `signatures` adapter task trains on `signature`.")
     seed: int = 0
 
 
-@dg.asset(code_version="sft-data-1", group_name="training", kinds={"jsonl"},
+def task_data_path(store: ArtifactStore, task: str) -> Path:
+    return store.path("sft_conversations", "tasks", f"{task}.jsonl")
+
+
+@dg.asset(code_version="sft-data-2", group_name="training", kinds={"jsonl"},
           deps=["decontaminated_documents"])
 def sft_conversations(context: dg.AssetExecutionContext, config: SFTConversationsConfig,
                       store: ArtifactStore) -> dg.MaterializeResult:
     """Chat-format instruction data: `documents.jsonl` derived from the crawled corpus (for SFT),
-    and `math.jsonl` from GSM8K's train split (for the LoRA adapter) when the mirror is present."""
+    and `tasks/<task>.jsonl` for each adapter task (`adapter_tasks/<task>.yaml`). A task whose
+    source is not on this machine (no benchmark mirror, offline) is skipped, with the reason."""
     docs = store.path("decontaminated_documents", "documents")
     out_docs = store.path("sft_conversations", "documents.jsonl")
     stats = sft_data_from_documents(docs, out_docs, max_examples=config.max_document_examples,
-                                    seed=config.seed)
+                                    seed=config.seed, kinds=config.document_kinds)
     metadata = {"documents_path": str(out_docs),
                 **{f"documents_{k}": v for k, v in stats.to_metadata().items()}}
-    out_math = store.path("sft_conversations", "math.jsonl")
-    mirror = benchmarks_dir()
-    gsm8k = mirror / "gsm8k" / "train.jsonl" if mirror else None
-    if config.gsm8k_examples and gsm8k and gsm8k.exists():
-        math_stats = sft_data_from_qa(gsm8k, out_math, limit=config.gsm8k_examples)
-        metadata.update({"math_path": str(out_math),
-                         **{f"math_{k}": v for k, v in math_stats.to_metadata().items()}})
-    else:
-        out_math.unlink(missing_ok=True)
-        reason = "turned off" if not config.gsm8k_examples else "no GSM8K mirror found"
-        context.log.warning("math conversations skipped: %s; the adapter trains on the "
-                            "document conversations instead", reason)
-        metadata["math_skipped"] = reason
+    built = []
+    for task in task_names():
+        out = task_data_path(store, task)
+        try:
+            task_stats = build_task_data(load_task(task), out, documents=docs)
+        except TaskDataUnavailable as e:
+            out.unlink(missing_ok=True)
+            context.log.warning("adapter task %s skipped: %s", task, e)
+            metadata[f"task_{task}_skipped"] = str(e)
+            continue
+        built.append(task)
+        metadata[f"task_{task}_examples"] = task_stats.examples
+        metadata[f"task_{task}_source"] = task_stats.source
+    metadata["tasks"] = dg.MetadataValue.json(built)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -94,18 +102,29 @@ def sft_model(context: dg.AssetExecutionContext, config: SFTModelConfig, store: 
                         store.path("sft_model", "config.json"))
 
 
-@dg.asset(code_version="lora-1", group_name="training", kinds={"peft"},
-          deps=[sft_model, sft_conversations], pool="gpu")
+def adapter_dir(store: ArtifactStore, task: str) -> Path:
+    return store.path("lora_adapter", task, "adapter")
+
+
+@dg.asset(code_version="lora-2", group_name="adapters", kinds={"peft"},
+          deps=[sft_model, sft_conversations], pool="gpu", partitions_def=ADAPTER_TASKS)
 def lora_adapter(context: dg.AssetExecutionContext, config: LoraAdapterConfig,
                  store: ArtifactStore, launcher: TrainingLauncher) -> dg.MaterializeResult:
-    """A LoRA adapter over the SFT model, for the math task (GSM8K chats) when available."""
-    data = store.path("sft_conversations", "math.jsonl")
+    """One LoRA adapter per task (the partition) over the SFT model: swapping the adapter swaps
+    the task. Written to `lora_adapter/<task>/adapter`, a PEFT adapter directory."""
+    task = context.partition_key
+    data = task_data_path(store, task)
     if not data.exists():
-        data = store.path("sft_conversations", "documents.jsonl")
+        event = context.instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
+        meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+        why = meta.get(f"task_{task}_skipped")
+        raise dg.Failure(
+            description=f"no conversations for adapter task {task!r} at {data}: "
+            + (why.value if why is not None else "materialize sft_conversations first"))
     cfg = engine_config(LoraConfig, config, base=str(model_dir(store, "sft_model")),
-                        data=str(data), out_dir=str(store.path("lora_adapter", "adapter")))
+                        data=str(data), out_dir=str(adapter_dir(store, task)))
     return launcher.run(context, "lmforge.train.lora", cfg.model_dump(mode="json"),
-                        store.path("lora_adapter", "config.json"))
+                        store.path("lora_adapter", task, "config.json"))
 
 
 def _loss_check(summary_path: Path, must_fall: bool) -> dg.AssetCheckResult:
@@ -156,6 +175,7 @@ def sft_loss_fell(store: ArtifactStore) -> dg.AssetCheckResult:
     return _loss_check(store.path("sft_model", "run", "summary.json"), must_fall=True)
 
 
-@dg.asset_check(asset=lora_adapter, blocking=True)
-def lora_loss_finite(store: ArtifactStore) -> dg.AssetCheckResult:
-    return _loss_check(store.path("lora_adapter", "adapter", "summary.json"), must_fall=False)
+@dg.asset_check(asset=lora_adapter, blocking=True, partitions_def=ADAPTER_TASKS)
+def lora_loss_finite(context: dg.AssetCheckExecutionContext,
+                     store: ArtifactStore) -> dg.AssetCheckResult:
+    return _loss_check(adapter_dir(store, context.partition_key) / "summary.json", must_fall=False)

@@ -1,11 +1,14 @@
 """The one place that loads the graph: `workspace.yaml` points here.
 
-Two jobs per preset, because Dagster runs one partitioning per run:
+Four jobs per preset, because Dagster runs one partitioning per run:
 - `curation`: crawl to decontaminated documents (and the quality classifier), partitioned by
   day; the nightly schedule runs it for the new day.
-- `full_pipeline`: tokenizer to report, reading every day's documents; partitioned by
-  evaluation suite. A sensor starts it when a scheduled curation run succeeds.
-`make demo` runs both, one after the other, for today and the `smoke` suite.
+- `training`: tokenizer, pretraining and SFT over every curated day, the evaluation of the base
+  and SFT models, and the report; partitioned by evaluation suite.
+- `adapters`: one LoRA adapter over the SFT model, partitioned by adapter task.
+- `adapter_evaluation`: one adapter on one suite (partition `task|suite`), and the report.
+Sensors chain them after the nightly curation: curation -> training -> one adapters run per task
+-> the evaluation of each new adapter. `make demo` runs the same sequence by hand.
 """
 
 import dagster as dg
@@ -16,6 +19,7 @@ import assets.evaluation
 import assets.report
 import assets.tokenizer
 import assets.training
+from assets.partitions import adapter_eval_key
 from pipelines.presets import PRESET_SUITES, PRESETS, job_name, run_config
 from resources import ArtifactStore, TrainingLauncher
 
@@ -25,47 +29,96 @@ ASSET_MODULES = [assets.crawl, assets.data, assets.tokenizer, assets.training, a
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
-CURATION = dg.AssetSelection.groups("crawl", "data")
-MODELS = dg.AssetSelection.all(include_sources=False) - CURATION
+_group_of = {key.to_user_string(): a.group_names_by_key[key] for a in all_assets for key in a.keys}
+# job kind -> the names of its assets (each job also gets only its own assets' run config)
+JOB_ASSETS = {
+    "curation": {n for n, g in _group_of.items() if g in ("crawl", "data")},
+    "adapters": {"lora_adapter"},
+    "adapter_evaluation": {"lora_model_eval", "pipeline_report"},
+}
+JOB_ASSETS["training"] = set(_group_of) - JOB_ASSETS["curation"] - {"lora_adapter", "lora_model_eval"}
+JOB_DESCRIPTIONS = {
+    "curation": "Crawl and curate one day (the partition)",
+    "training": "Tokenizer, pretraining and SFT over every curated day; the base and SFT models "
+    "evaluated on the suite (the partition); the report",
+    "adapters": "One LoRA adapter (the partition: its task) over the SFT model",
+    "adapter_evaluation": "One adapter evaluated on one suite (the partition: task|suite); the report",
+}
+
+jobs = [dg.define_asset_job(job_name(kind, preset), selection=sorted(names),
+                            config=run_config(preset, assets=names), tags={"preset": preset},
+                            description=f"{JOB_DESCRIPTIONS[kind]}; `{preset}` preset.")
+        for preset in PRESETS for kind, names in JOB_ASSETS.items()]
 
 
-def _asset_names(module_groups: set[str]) -> set[str]:
-    return {key.to_user_string() for a in all_assets for key in a.keys
-            if a.group_names_by_key.get(key) in module_groups}
+def jobs_of(kind: str) -> list:
+    return [j for j in jobs if j.name in {job_name(kind, p) for p in PRESETS}]
 
-
-CURATION_ASSETS = _asset_names({"crawl", "data"})
-MODEL_ASSETS = _asset_names({"tokenizer", "training", "evaluation", "report"})
-
-jobs = []
-for preset in PRESETS:
-    jobs.append(dg.define_asset_job(
-        job_name("curation", preset), selection=CURATION,
-        config=run_config(preset, assets=CURATION_ASSETS), tags={"preset": preset},
-        description=f"Crawl and curate one day (the partition), `{preset}` preset."))
-    jobs.append(dg.define_asset_job(
-        job_name("full_pipeline", preset), selection=MODELS,
-        config=run_config(preset, assets=MODEL_ASSETS), tags={"preset": preset},
-        description=f"Tokenizer to report over every curated day, `{preset}` preset; the "
-        f"partition is the evaluation suite (`{PRESET_SUITES[preset]}` by default)."))
 
 curation_job = next(j for j in jobs if j.name == "curation")
-full_pipeline_job = next(j for j in jobs if j.name == "full_pipeline")
 
 nightly_curation = dg.build_schedule_from_partitioned_job(
     curation_job, hour_of_day=2, name="nightly_curation",
     description="Every night at 02:00 UTC: crawl and curate the day that just ended.",
     default_status=dg.DefaultScheduleStatus.RUNNING)
 
+# Runs the sensors start carry this tag (the id of the scheduled curation run that began the
+# chain): only those are followed, so a stage run by hand does not set off the next ones.
+CHAIN_TAG = "lmforge/chain"
+SUITE_TAG = "lmforge/suite"
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[curation_job],
-                      request_job=full_pipeline_job, default_status=dg.DefaultSensorStatus.RUNNING)
+
+def _request(kind: str, preset: str, partition_key: str, run_key: str, chain: str,
+             **tags: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=run_key, job_name=job_name(kind, preset),
+                         partition_key=partition_key, tags={CHAIN_TAG: chain, **tags},
+                         run_config=run_config(preset, assets=JOB_ASSETS[kind]))
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("curation"),
+                      request_jobs=jobs_of("training"),
+                      default_status=dg.DefaultSensorStatus.RUNNING)
 def train_after_curation(context: dg.RunStatusSensorContext):
     """When a scheduled curation run succeeds, train and evaluate on everything curated so far."""
-    if "dagster/schedule_name" not in context.dagster_run.tags:
+    run = context.dagster_run
+    if "dagster/schedule_name" not in run.tags:
         return dg.SkipReason("curation was started by hand: train by hand too")
-    return dg.RunRequest(run_key=context.dagster_run.run_id, partition_key=PRESET_SUITES["tiny"],
-                         run_config=run_config("tiny", assets=MODEL_ASSETS))
+    preset = run.tags.get("preset", "tiny")
+    return _request("training", preset, PRESET_SUITES[preset], run.run_id, run.run_id)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("training"),
+                      request_jobs=jobs_of("adapters"),
+                      default_status=dg.DefaultSensorStatus.RUNNING)
+def adapters_after_training(context: dg.RunStatusSensorContext):
+    """When a chained training run succeeds, train one adapter for each task with data."""
+    run = context.dagster_run
+    if CHAIN_TAG not in run.tags:
+        return dg.SkipReason("training was started by hand: train the adapters by hand too")
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    tasks = meta["tasks"].value if "tasks" in meta else []
+    if not tasks:
+        return dg.SkipReason("sft_conversations built no adapter task data")
+    preset = run.tags.get("preset", "tiny")
+    return [_request("adapters", preset, task, f"{run.run_id}:{task}", run.tags[CHAIN_TAG],
+                     **{SUITE_TAG: run.tags.get("dagster/partition", PRESET_SUITES[preset])})
+            for task in tasks]
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("adapters"),
+                      request_jobs=jobs_of("adapter_evaluation"),
+                      default_status=dg.DefaultSensorStatus.RUNNING)
+def evaluate_adapters(context: dg.RunStatusSensorContext):
+    """When a chained adapter run succeeds, evaluate that adapter on the chain's suite."""
+    run = context.dagster_run
+    if CHAIN_TAG not in run.tags:
+        return dg.SkipReason("the adapter was trained by hand: evaluate it by hand too")
+    preset = run.tags.get("preset", "tiny")
+    suite = run.tags.get(SUITE_TAG, PRESET_SUITES[preset])
+    return _request("adapter_evaluation", preset,
+                    adapter_eval_key(run.tags["dagster/partition"], suite), run.run_id,
+                    run.tags[CHAIN_TAG])
 
 
 defs = dg.Definitions(
@@ -73,6 +126,6 @@ defs = dg.Definitions(
     asset_checks=all_checks,
     jobs=jobs,
     schedules=[nightly_curation],
-    sensors=[train_after_curation],
+    sensors=[train_after_curation, adapters_after_training, evaluate_adapters],
     resources={"store": ArtifactStore(), "launcher": TrainingLauncher()},
 )

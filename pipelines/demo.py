@@ -15,10 +15,16 @@ from pathlib import Path
 from lmforge.paths import REPO_ROOT
 
 
-def _metadata(instance, key: str) -> dict:
+def _metadata(instance, key: str, partition: str | None = None) -> dict:
     import dagster as dg
 
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    if partition is None:
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    else:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition]),
+            limit=1).records
+        event = records[0].event_log_entry if records else None
     if event is None or event.asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
@@ -28,8 +34,20 @@ def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def summary_lines(instance, artifacts: Path) -> list[str]:
+def _scores(meta: dict) -> str:
+    scores = {k: v for k, v in meta.items()
+              if k.split("/")[0] in ("mmlu", "gsm8k", "humaneval", "heldout_bpb")}
+    shown = ", ".join(f"{k}={_num(v)}" for k, v in scores.items()) or "no scores"
+    skipped = meta.get("skipped") or {}
+    if skipped:
+        shown += f" (skipped: {', '.join(skipped)})"
+    return shown
+
+
+def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
+    from assets.partitions import adapter_eval_key
+
     lines = ["", "lmforge demo: summary", "=" * 21]
     docs = [(k, _metadata(instance, k)) for k in
             ("extracted_documents", "filtered_documents", "quality_filtered_documents",
@@ -42,22 +60,22 @@ def summary_lines(instance, artifacts: Path) -> list[str]:
     tok = _metadata(instance, "tokenizer")
     lines.append(f"{'tokenizer vocabulary:':<28}{tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")
-    for key in ("pretrained_model", "sft_model", "lora_adapter"):
-        meta = _metadata(instance, key)
-        lines.append(f"{key + ' loss:':<28}{_num(meta.get('first_loss', '?'))} -> "
+    trainings = [("pretrained_model", "pretrained_model", None), ("sft_model", "sft_model", None)]
+    trainings += [(f"lora_adapter[{t}]", "lora_adapter", t) for t in tasks]
+    for label, key, partition in trainings:
+        meta = _metadata(instance, key, partition)
+        lines.append(f"{label + ' loss:':<28}{_num(meta.get('first_loss', '?'))} -> "
                      f"{_num(meta.get('final_loss', '?'))}")
-    for key in ("base_model_eval", "sft_model_eval", "lora_model_eval"):
-        meta = _metadata(instance, key)
-        scores = {k: v for k, v in meta.items()
-                  if k.split("/")[0] in ("mmlu", "gsm8k", "humaneval", "heldout_bpb")}
-        shown = ", ".join(f"{k}={_num(v)}" for k, v in scores.items()) or "no scores"
-        skipped = meta.get("skipped") or {}
-        if skipped:
-            shown += f" (skipped: {', '.join(skipped)})"
-        lines.append(f"{key + ':':<28}{shown}")
+    evals = [(f"{k}[{suite}]", k, suite) for k in ("base_model_eval", "sft_model_eval")]
+    evals += [(f"lora_model_eval[{t}|{suite}]", "lora_model_eval", str(adapter_eval_key(t, suite)))
+              for t in tasks]
+    for label, key, partition in evals:
+        lines.append(f"{label + ':':<28}{_scores(_metadata(instance, key, partition))}")
     lines += ["", f"artifacts:   {artifacts}",
               f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
-              f"evaluations: {artifacts}/<model>_model_eval/<suite>/ (lm-eval results.json)",
+              f"adapters:    {artifacts}/lora_adapter/<task>/adapter/ (PEFT)",
+              f"evaluations: {artifacts}/<model>_model_eval/<suite>/, "
+              "lora_model_eval/<task>/<suite>/ (lm-eval results.json)",
               f"dagster:     {os.environ['DAGSTER_HOME']}",
               "open the UI: make ui   (then http://127.0.0.1:3000)"]
     return lines
@@ -103,34 +121,44 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from pipelines.definitions import CURATION_ASSETS, MODEL_ASSETS, defs
+    from assets.partitions import DAILY, adapter_eval_key
+    from pipelines.definitions import JOB_ASSETS, defs
     from pipelines.presets import PRESET_SUITES, job_name, run_config
     from resources import ArtifactStore
-
-    from assets.partitions import DAILY
 
     instance = dg.DagsterInstance.get()
     started = time.time()
     day = args.day or DAILY.get_last_partition_key()
     suite = args.suite or PRESET_SUITES[args.preset]
     results = []
-    for kind, partition, asset_names in (("curation", day, CURATION_ASSETS),
-                                         ("full_pipeline", suite, MODEL_ASSETS)):
+
+    def run(kind: str, partition: str) -> bool:
         print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]", file=sys.stderr)
         job = defs.resolve_job_def(job_name(kind, args.preset))
         result = job.execute_in_process(
-            run_config=run_config(args.preset, assets=asset_names), instance=instance,
+            run_config=run_config(args.preset, assets=JOB_ASSETS[kind]), instance=instance,
             raise_on_error=False, partition_key=partition)
         results.append(result)
-        if not result.success:
-            break
+        return result.success
+
+    # The same sequence the sensors run after the nightly curation.
+    tasks: list[str] = []
+    if run("curation", day) and run("training", suite):
+        conversations = _metadata(instance, "sft_conversations")
+        tasks = list(conversations.get("tasks") or [])
+        for task, reason in ((k[5:-8], v) for k, v in conversations.items()
+                             if k.startswith("task_") and k.endswith("_skipped")):
+            print(f"lmforge demo: adapter task {task} skipped: {reason}", file=sys.stderr)
+        for task in tasks:
+            if not (run("adapters", task) and run("adapter_evaluation", adapter_eval_key(task, suite))):
+                break
     elapsed = time.time() - started
     artifacts = ArtifactStore().base()
-    for line in summary_lines(instance, artifacts):
+    for line in summary_lines(instance, artifacts, suite, tasks):
         print(line)
-    success = all(r.success for r in results) and len(results) == 2
+    success = bool(results) and all(r.success for r in results) and len(results) == 2 + 2 * len(tasks)
     runs = ", ".join(r.run_id for r in results)
-    print(f"runs {runs} {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s")
+    print(f"{len(results)} runs ({runs}) {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s")
     for result in results:
         for event in result.all_events:
             if event.is_failure:

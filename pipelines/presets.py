@@ -43,7 +43,7 @@ PRESET_SUITES: dict[str, str] = {"tiny": "smoke", "gpt2-124m": "standard", "1b":
 
 
 def job_name(kind: str, preset: str) -> str:
-    """``curation`` / ``full_pipeline`` for tiny, ``<kind>_<preset>`` for the others."""
+    """``curation`` / ``training`` / ... for tiny, ``<kind>_<preset>`` for the others."""
     return kind if preset == "tiny" else f"{kind}_{preset.replace('-', '_')}"
 
 

@@ -33,16 +33,21 @@ class ReportInputs:
         stages = ["extracted_documents", "filtered_documents", "quality_filtered_documents",
                   "deduplicated_documents",
                   "decontaminated_documents"]
+        adapters = sorted(d.parent.name for d in (root / "lora_adapter").glob("*/adapter"))
+        evaluations = {f"{model} ({d.name})": d
+                       for model in ("base", "sft")
+                       for d in sorted((root / f"{model}_model_eval").glob("*"))
+                       if (d / "summary.json").exists()}
+        evaluations.update({f"lora:{d.parent.name} ({d.name})": d
+                            for d in sorted((root / "lora_model_eval").glob("*/*"))
+                            if (d / "summary.json").exists()})
         return cls(
             funnel=[(s, root / s / "documents") for s in stages],  # every day's Parquet
             tokenizer_dir=root / "tokenizer" / "tokenizer",
             trainings={"pretrain": root / "pretrained_model" / "run",
                        "sft": root / "sft_model" / "run",
-                       "lora": root / "lora_adapter" / "adapter"},
-            evaluations={f"{model} ({d.name})": d
-                         for model in ("base", "sft", "lora")
-                         for d in sorted((root / f"{model}_model_eval").glob("*"))
-                         if (d / "summary.json").exists()},
+                       **{f"lora:{t}": root / "lora_adapter" / t / "adapter" for t in adapters}},
+            evaluations=evaluations,
         )
 
 

@@ -32,7 +32,9 @@ else from a ``Python Library Documentation: module json`` first line. From each 
   ``__all__ = [...]`` list, when it parses completely (pydoc truncates long reprs with ``...``).
 
 Pages that yield nothing (no module name, no prose) are counted in the stats, not silently lost.
-All candidates are shuffled with ``seed`` and the first ``max_examples`` kept.
+``kinds`` keeps only the named kinds (the pipeline trains the SFT model on the descriptive kinds and
+the ``signatures`` adapter on ``signature``). All candidates are shuffled with ``seed`` and the
+first ``max_examples`` kept.
 
 ``sft_data_from_hub``: any Hub data set with a ``messages`` column, or question/answer,
 instruction/(input)/output or prompt/completion columns; needs network (not used by tests).
@@ -122,6 +124,21 @@ def read_conversations(path: str | os.PathLike) -> Iterator[list[dict]]:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path}:{lineno}: not a chat row: {e}") from None
             yield messages
+
+
+def sft_data_from_jsonl(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
+                        limit: int | None = None) -> SFTDataStats:
+    """A chat JSONL file -> chat JSONL: the first ``limit`` rows, each validated."""
+    stats = SFTDataStats(source=f"jsonl:{jsonl_path}", out_path=str(out_path))
+
+    def examples() -> Iterator[tuple[str, list[dict]]]:
+        for i, messages in enumerate(read_conversations(jsonl_path)):
+            if limit is not None and i >= limit:
+                return
+            stats.rows_read += 1
+            yield "jsonl", messages
+
+    return _write_conversations(out_path, examples(), stats)
 
 
 # --- GSM8K-format question/answer ----------------------------------------------------------------
@@ -402,12 +419,21 @@ def document_examples(doc: dict, rng: random.Random, max_per_page: int = 3) -> l
     return out
 
 
+DOCUMENT_KINDS = ("module_summary", "signature", "function_purpose", "classes", "exports")
+
+
 def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.PathLike,
                             max_examples: int = 2000, seed: int = 0,
-                            max_per_page: int = 3) -> SFTDataStats:
+                            max_per_page: int = 3,
+                            kinds: Iterable[str] | None = None) -> SFTDataStats:
     """Instruction data derived from crawled pydoc pages (see the module doc) -> chat JSONL."""
     if max_examples < 1:
         raise ValueError("max_examples must be >= 1")
+    wanted = set(DOCUMENT_KINDS if kinds is None else kinds)
+    unknown = wanted - set(DOCUMENT_KINDS)
+    if unknown or not wanted:
+        raise ValueError(f"unknown example kinds {sorted(unknown)}; known: {', '.join(DOCUMENT_KINDS)}"
+                         if unknown else "kinds must name at least one example kind")
     stats = SFTDataStats(source=f"documents:{docs_path}", out_path=str(out_path))
     candidates: list[tuple[str, list[dict]]] = []
     for doc in read_parquet_rows(docs_path, columns=None):
@@ -416,7 +442,7 @@ def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.Pat
             raise ValueError(f"{docs_path}: no 'text' column")
         # One generator per page, seeded by the page, so adding a page changes no other example.
         rng = random.Random(f"{seed}:{doc.get('id') or doc.get('url')}")
-        examples = document_examples(doc, rng, max_per_page)
+        examples = [e for e in document_examples(doc, rng, max_per_page) if e[0] in wanted]
         if not examples:
             reason = "no_module_name" if module_name(doc) is None else "nothing_derivable"
             stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
@@ -488,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None,
                    help="at most this many examples (--from-docs default: 2000; others: all)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed for --from-docs (default 0)")
+    p.add_argument("--kinds", type=lambda s: [k for k in s.split(",") if k], default=None,
+                   help=f"--from-docs: comma-separated example kinds to keep (default all: "
+                   f"{','.join(DOCUMENT_KINDS)})")
     p.add_argument("--split", default="train", help="data set split for --from-hub (default train)")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -495,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.from_docs:
-            stats = sft_data_from_documents(args.from_docs, args.out, args.limit or 2000, args.seed)
+            stats = sft_data_from_documents(args.from_docs, args.out, args.limit or 2000, args.seed,
+                                            kinds=args.kinds)
         elif args.from_qa:
             stats = sft_data_from_qa(args.from_qa, args.out, args.limit)
         else:

@@ -21,10 +21,13 @@ def test_definitions_load_and_declare_versions():
             "pipeline_report"} <= keys
     for key in graph.get_all_asset_keys():
         assert graph.get(key).code_version, f"{key} has no code_version"
-    assert defs.resolve_job_def("full_pipeline") and defs.resolve_job_def("curation")
+    for job in ("curation", "training", "adapters", "adapter_evaluation"):
+        assert defs.resolve_job_def(job)
+    assert defs.resolve_job_def("adapters").partitions_def.get_partition_keys() == ["math", "signatures"]
     schedule = defs.resolve_schedule_def("nightly_curation")
     assert schedule.cron_schedule == "0 2 * * *"
-    assert defs.resolve_sensor_def("train_after_curation")
+    for sensor in ("train_after_curation", "adapters_after_training", "evaluate_adapters"):
+        assert defs.resolve_sensor_def(sensor)
     checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
     for needed in ("extracted_documents", "filtered_documents", "deduplicated_documents",
                    "pretrained_model", "sft_model", "base_model_eval", "lora_model_eval"):
@@ -33,25 +36,25 @@ def test_definitions_load_and_declare_versions():
 
 def test_presets_are_valid_run_config():
     """Every preset's run config is accepted by the jobs it belongs to."""
-    from pipelines.definitions import CURATION_ASSETS, MODEL_ASSETS, defs
+    from pipelines.definitions import JOB_ASSETS, defs
     from pipelines.presets import PRESETS, job_name, run_config
 
     for preset in PRESETS:
-        for kind, assets in (("curation", CURATION_ASSETS), ("full_pipeline", MODEL_ASSETS)):
+        for kind, assets in JOB_ASSETS.items():
             job = defs.resolve_job_def(job_name(kind, preset))
             dg.validate_run_config(job, run_config(preset, assets=assets))
     with pytest.raises(ValueError, match="unknown preset"):
         run_config("nope")
 
 
-def _run(defs, name, partition, overrides=None):
-    from pipelines.definitions import CURATION_ASSETS, MODEL_ASSETS
+def _run(defs, name, partition, overrides=None, tags=None):
+    from pipelines.definitions import JOB_ASSETS
     from pipelines.presets import run_config
 
-    assets = CURATION_ASSETS if name == "curation" else MODEL_ASSETS
     result = defs.resolve_job_def(name).execute_in_process(
-        run_config=run_config("tiny", overrides, assets=assets), instance=dg.DagsterInstance.get(),
-        raise_on_error=False, partition_key=partition)
+        run_config=run_config("tiny", overrides, assets=JOB_ASSETS[name]),
+        instance=dg.DagsterInstance.get(), raise_on_error=False, partition_key=partition,
+        tags=tags)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     for check in result.get_asset_check_evaluations():
         if check.severity == dg.AssetCheckSeverity.ERROR:
@@ -100,20 +103,65 @@ def test_a_new_day_is_deduplicated_against_earlier_days(instance_dirs):
                                                                       "2026-03-02.pkl"]
 
 
+def _sensor_requests(sensor, result):
+    """What a run status sensor asks for after the run of ``result`` succeeded."""
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_event=result.get_run_success_event(),
+        dagster_instance=dg.DagsterInstance.get(), dagster_run=result.dagster_run)
+    out = sensor(context)
+    return out if isinstance(out, (list, dg.SkipReason)) else [out]
+
+
+def _assistant_nll(model, tokenizer, conversations) -> float:
+    """Mean NLL of the assistant tokens of ``conversations``, the way SFT trains them."""
+    import torch
+
+    from lmforge.train.sft import tokenize_conversation
+
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for messages in conversations:
+            ex = tokenize_conversation(tokenizer, messages, max_len=256)
+            ids = torch.tensor([ex["input_ids"]])
+            labels = torch.tensor([ex["labels"]])
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                ignore_index=-100, reduction="sum"))
+            n += int((labels[:, 1:] != -100).sum())
+    return total / n
+
+
 @pytest.mark.slow
 def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
-    """Curation for one day, then tokenizer to report on the smoke suite; the models and the
-    adapter load with HF and PEFT."""
-    from pipelines.definitions import defs
+    """Curation for one day, training on the smoke suite, one adapter per task, an adapter
+    evaluation: each chained by the sensors; the models load with HF, the adapters with PEFT,
+    and swapping adapters swaps tasks."""
+    from pipelines.definitions import (CHAIN_TAG, JOB_ASSETS, adapters_after_training, defs,
+                                       evaluate_adapters, train_after_curation)
 
-    _run(defs, "curation", "2026-03-01")
-    _run(defs, "full_pipeline", "smoke")
+    curation = _run(defs, "curation", "2026-03-01")
+    assert isinstance(_sensor_requests(train_after_curation, curation), dg.SkipReason), \
+        "a curation run started by hand must not start training"
+    training = _run(defs, "training", "smoke", tags={CHAIN_TAG: "test-chain"})
+    requests = _sensor_requests(adapters_after_training, training)
+    assert sorted(r.partition_key for r in requests) == ["math", "signatures"]
+    assert {r.job_name for r in requests} == {"adapters"}
+    for request in requests:
+        adapter = _run(defs, "adapters", request.partition_key, tags=request.tags)
+    (evaluation,) = _sensor_requests(evaluate_adapters, adapter)  # the last one: signatures
+    assert evaluation.job_name == "adapter_evaluation"
+    assert str(evaluation.partition_key) == "signatures|smoke"
+    _run(defs, "adapter_evaluation", evaluation.partition_key)
+
     instance = dg.DagsterInstance.get()
     graph = defs.resolve_asset_graph()
+    expected = {"lora_adapter": {"math", "signatures"}, "lora_model_eval": {"signatures|smoke"},
+                **{name: {"2026-03-01"} for name in JOB_ASSETS["curation"]}}
     for key in graph.get_all_asset_keys():
-        parts = instance.get_materialized_partitions(key) if graph.get(key).is_partitioned else None
-        if parts is not None:
-            assert parts in ({"smoke"}, {"2026-03-01"}), f"{key}: {parts}"
+        if graph.get(key).is_partitioned:
+            parts = {str(p) for p in instance.get_materialized_partitions(key)}
+            assert parts == expected.get(key.to_user_string(), {"smoke"}), f"{key}: {parts}"
         else:
             assert instance.get_latest_materialization_event(key) is not None, f"{key} not materialized"
 
@@ -128,11 +176,39 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
         assert model(ids).logits.shape[-1] >= len(tok) - 8
     tok = AutoTokenizer.from_pretrained(art / "tokenizer" / "tokenizer")
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+    # One base model, two adapters: held-out questions of each task are answered better (lower
+    # assistant-token loss) with that task's adapter than with the other task's.
+    from lmforge.paths import benchmarks_dir
+    from lmforge.train.sft_data import read_conversations, sft_data_from_documents, sft_data_from_qa
+
+    held_math = instance_dirs / "math_test.jsonl"
+    sft_data_from_qa(benchmarks_dir() / "gsm8k" / "test.jsonl", held_math, limit=40)
+    all_signatures = instance_dirs / "signatures_all.jsonl"
+    sft_data_from_documents(art / "decontaminated_documents" / "documents", all_signatures,
+                            max_examples=10_000, kinds=["signature"])
+    trained = {json.dumps(c) for c in
+               read_conversations(art / "sft_conversations" / "tasks" / "signatures.jsonl")}
+    held_signatures = [c for c in read_conversations(all_signatures) if json.dumps(c) not in trained]
+    assert len(held_signatures) >= 20
+    held = {"math": list(read_conversations(held_math)), "signatures": held_signatures[:40]}
+
     base = AutoModelForCausalLM.from_pretrained(art / "sft_model" / "run" / "model")
-    adapted = PeftModel.from_pretrained(base, art / "lora_adapter" / "adapter")
-    assert any("lora_" in n for n, _ in adapted.named_parameters())
+    tok = AutoTokenizer.from_pretrained(art / "lora_adapter" / "math" / "adapter")
+    model = PeftModel.from_pretrained(base, art / "lora_adapter" / "math" / "adapter", adapter_name="math")
+    model.load_adapter(art / "lora_adapter" / "signatures" / "adapter", adapter_name="signatures")
+    model.eval()
+    nll = {}
+    for adapter in ("math", "signatures"):
+        model.set_adapter(adapter)
+        nll[adapter] = {task: _assistant_nll(model, tok, convs) for task, convs in held.items()}
+    assert nll["math"]["math"] < nll["signatures"]["math"], nll
+    assert nll["signatures"]["signatures"] < nll["math"]["signatures"], nll
 
     report = (art / "pipeline_report" / "report" / "report.md").read_text()
-    assert "Data funnel" in report and "Evaluation" in report
+    assert "Data funnel" in report and "lora:math" in report and "lora:signatures (smoke)" in report
     summary = json.loads((art / "base_model_eval" / "smoke" / "summary.json").read_text())
     assert any(t.get("score") is not None for t in summary["tasks"]), "no evaluation score"
+    adapter_summary = json.loads((art / "lora_model_eval" / "signatures" / "smoke" / "summary.json").read_text())
+    assert any(t.get("score") is not None for t in adapter_summary["tasks"])
+

@@ -1,0 +1,117 @@
+"""Adapter tasks: what each LoRA adapter over the one base model is trained to do.
+
+    adapter_tasks/<name>.yaml      one task per file; the file name is the task's name
+
+One base model, one adapter per task: swapping the adapter swaps the task. In the Dagster graph
+each task is a partition of ``lora_adapter``. A task says where its conversations come from:
+
+    source: documents   instruction examples derived from the crawled pydoc pages; ``kinds``
+                        picks which (see ``sft_data.DOCUMENT_KINDS``)
+    source: qa          GSM8K-format question/answer JSONL at ``path``; a relative path is read
+                        from the benchmark mirror (``LMFORGE_BENCHMARKS_DIR``)
+    source: jsonl       a chat JSONL file (``{"messages": [...]}``) at ``path``
+    source: hub         the Hugging Face Hub data set named by ``path`` (``split``); online only
+
+``limit`` caps the number of conversations. Adding a task is adding a YAML file; the directory
+can be moved with ``LMFORGE_ADAPTER_TASKS_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmforge.paths import REPO_ROOT, benchmarks_dir
+from lmforge.train.sft_data import (DOCUMENT_KINDS, SFTDataStats, sft_data_from_documents,
+                                    sft_data_from_hub, sft_data_from_jsonl, sft_data_from_qa)
+
+
+def tasks_dir() -> Path:
+    return Path(os.environ.get("LMFORGE_ADAPTER_TASKS_DIR", REPO_ROOT / "adapter_tasks"))
+
+
+class TaskDataUnavailable(RuntimeError):
+    """The task's source is not on this machine (no benchmark mirror, offline hub, ...)."""
+
+
+class AdapterTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    source: Literal["documents", "qa", "jsonl", "hub"]
+    path: str | None = None
+    kinds: list[str] | None = None
+    split: str = "train"
+    limit: int = Field(300, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "AdapterTask":
+        if self.source == "documents":
+            unknown = set(self.kinds or ()) - set(DOCUMENT_KINDS)
+            if unknown:
+                raise ValueError(f"task {self.name}: unknown kinds {sorted(unknown)}; "
+                                 f"known: {', '.join(DOCUMENT_KINDS)}")
+        elif not self.path:
+            raise ValueError(f"task {self.name}: source {self.source!r} needs a path")
+        elif self.kinds:
+            raise ValueError(f"task {self.name}: kinds only apply to source 'documents'")
+        return self
+
+
+def task_names() -> list[str]:
+    """The tasks under ``adapter_tasks/`` (one YAML each)."""
+    return sorted(p.stem for p in tasks_dir().glob("*.yaml"))
+
+
+def load_task(name: str) -> AdapterTask:
+    path = tasks_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown adapter task {name!r}; known: {', '.join(task_names()) or 'none'} "
+                         f"(in {tasks_dir()})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of task settings")
+    if raw.setdefault("name", name) != name:
+        raise ValueError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
+    return AdapterTask.model_validate(raw)
+
+
+def _resolve(task: AdapterTask) -> Path:
+    path = Path(task.path)
+    if task.source == "qa" and not path.is_absolute():
+        mirror = benchmarks_dir()
+        if mirror is None:
+            raise TaskDataUnavailable(f"task {task.name}: {task.path} is read from the benchmark "
+                                      "mirror, and none was found (set LMFORGE_BENCHMARKS_DIR)")
+        path = mirror / path
+    if not path.is_file():
+        raise TaskDataUnavailable(f"task {task.name}: no file at {path}")
+    return path
+
+
+def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
+                    documents: str | os.PathLike | None = None) -> SFTDataStats:
+    """Write the task's conversations to ``out_path`` (chat JSONL, atomically).
+
+    ``documents`` is the curated documents Parquet (file or directory) for ``source: documents``.
+    Raises ``TaskDataUnavailable`` when the source is not on this machine.
+    """
+    if task.source == "documents":
+        if documents is None or not Path(documents).exists():
+            raise TaskDataUnavailable(f"task {task.name}: no curated documents at {documents}")
+        return sft_data_from_documents(documents, out_path, max_examples=task.limit, seed=task.seed,
+                                       kinds=task.kinds)
+    if task.source == "qa":
+        return sft_data_from_qa(_resolve(task), out_path, limit=task.limit)
+    if task.source == "hub":
+        try:
+            return sft_data_from_hub(task.path, out_path, split=task.split, limit=task.limit)
+        except RuntimeError as e:
+            raise TaskDataUnavailable(str(e)) from e
+    return sft_data_from_jsonl(_resolve(task), out_path, limit=task.limit)

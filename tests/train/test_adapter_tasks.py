@@ -1,0 +1,96 @@
+"""Adapter tasks: the YAML registry and the conversations each task's source gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.paths import benchmarks_dir
+from lmforge.train import sft_data, tasks
+from lmforge.train.sft_data import read_conversations, sft_data_from_documents
+from lmforge.train.tasks import (AdapterTask, TaskDataUnavailable, build_task_data, load_task,
+                                 task_names)
+from .test_sft_data import pydoc_docs  # noqa: F401  (a fixture)
+
+
+def test_document_kinds_filter(pydoc_docs, tmp_path):  # noqa: F811
+    path, _ = pydoc_docs
+    stats = sft_data_from_documents(path, tmp_path / "sig.jsonl", max_examples=5000,
+                                    kinds=["signature"])
+    assert set(stats.by_task) == {"signature"} and stats.examples > 20
+    for messages in read_conversations(tmp_path / "sig.jsonl"):
+        assert "signature" in messages[0]["content"]
+    rest = sft_data_from_documents(path, tmp_path / "rest.jsonl", max_examples=5000,
+                                   kinds=[k for k in sft_data.DOCUMENT_KINDS if k != "signature"])
+    everything = sft_data_from_documents(path, tmp_path / "all.jsonl", max_examples=5000)
+    assert stats.examples + rest.examples == everything.examples
+    with pytest.raises(ValueError, match="unknown example kinds"):
+        sft_data_from_documents(path, tmp_path / "x.jsonl", kinds=["signatures"])
+
+
+def test_shipped_tasks_build(pydoc_docs, tmp_path):  # noqa: F811
+    assert task_names() == ["math", "signatures"]
+    docs, _ = pydoc_docs
+    signatures = build_task_data(load_task("signatures"), tmp_path / "s.jsonl", documents=docs)
+    assert signatures.by_task == {"signature": signatures.examples} and signatures.examples > 20
+    if benchmarks_dir() is None:
+        pytest.fail("the benchmark mirror (LMFORGE_BENCHMARKS_DIR) is needed for the math task")
+    math = build_task_data(load_task("math"), tmp_path / "m.jsonl")
+    rows = list(read_conversations(tmp_path / "m.jsonl"))
+    assert math.examples == len(rows) == load_task("math").limit
+    assert all(r[-1]["content"].rstrip().split()[-1].rstrip(".").lstrip("-").replace(".", "").isdigit()
+               for r in rows), "every math answer ends with its number"
+
+
+def test_missing_sources_are_reported_not_faked(monkeypatch, tmp_path):
+    monkeypatch.setattr(tasks, "benchmarks_dir", lambda: None)
+    with pytest.raises(TaskDataUnavailable, match="no benchmark mirror|none was found"):
+        build_task_data(load_task("math"), tmp_path / "m.jsonl")
+    with pytest.raises(TaskDataUnavailable, match="no curated documents"):
+        build_task_data(load_task("signatures"), tmp_path / "s.jsonl", documents=tmp_path / "nope")
+    missing = AdapterTask(name="x", description="x", source="jsonl", path=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(TaskDataUnavailable, match="no file"):
+        build_task_data(missing, tmp_path / "x.jsonl")
+    assert not (tmp_path / "m.jsonl").exists() and not (tmp_path / "x.jsonl").exists()
+
+
+def test_custom_task_directory_and_jsonl_source(monkeypatch, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(5)]
+    chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "greet.yaml").write_text(
+        f"description: answers\nsource: jsonl\npath: {chats}\nlimit: 3\n")
+    (tmp_path / "tasks" / "bad.yaml").write_text("description: x\nsource: qa\n")
+    (tmp_path / "tasks" / "typo.yaml").write_text("description: x\nsource: jsonl\npath: a\nlimt: 3\n")
+    (tmp_path / "tasks" / "other.yaml").write_text("name: renamed\ndescription: x\nsource: jsonl\npath: a\n")
+    monkeypatch.setenv("LMFORGE_ADAPTER_TASKS_DIR", str(tmp_path / "tasks"))
+    assert task_names() == ["bad", "greet", "other", "typo"]
+    stats = build_task_data(load_task("greet"), tmp_path / "out.jsonl")
+    assert stats.examples == 3
+    assert [r["messages"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())] \
+        == [r["messages"] for r in rows[:3]]
+    with pytest.raises(ValueError, match="needs a path"):
+        load_task("bad")
+    with pytest.raises(ValueError, match="limt"):
+        load_task("typo")
+    with pytest.raises(ValueError, match="differs from the file name"):
+        load_task("other")
+    with pytest.raises(ValueError, match="unknown adapter task 'nope'"):
+        load_task("nope")
+    (tmp_path / "tasks" / "broken.yaml").write_text(
+        f"description: x\nsource: jsonl\npath: {tmp_path / 'broken.jsonl'}\n")
+    (tmp_path / "broken.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
+    with pytest.raises(ValueError, match="broken.jsonl:1: not a chat row"):
+        build_task_data(load_task("broken"), tmp_path / "b.jsonl")
+
+
+def test_sft_data_cli_kinds(pydoc_docs, tmp_path, capsys):  # noqa: F811
+    path, _ = pydoc_docs
+    assert sft_data.main(["--from-docs", str(path), "--out", str(tmp_path / "c.jsonl"),
+                          "--kinds", "classes,exports"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["by_task"]) == {"classes", "exports"}
+    assert sft_data.main(["--from-docs", str(path), "--out", str(tmp_path / "c.jsonl"),
+                          "--kinds", "nope"]) == 2
