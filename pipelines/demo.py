@@ -54,23 +54,23 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
              "deduplicated_documents",
              "decontaminated_documents")]
     crawl = _metadata(instance, "crawled_pages")
-    lines.append(f"{'crawled pages:':<28}{crawl.get('pages_fetched', '?')}")
+    lines.append(f"{'crawled pages:':<36}{crawl.get('pages_fetched', '?')}")
     for key, meta in docs:
-        lines.append(f"{key + ':':<28}{meta.get('kept_documents', meta.get('documents', '?'))}")
+        lines.append(f"{key + ':':<36}{meta.get('kept_documents', meta.get('documents', '?'))}")
     tok = _metadata(instance, "tokenizer")
-    lines.append(f"{'tokenizer vocabulary:':<28}{tok.get('vocab_size', '?')} "
+    lines.append(f"{'tokenizer vocabulary:':<36}{tok.get('vocab_size', '?')} "
                  f"({tok.get('bytes_per_token', '?')} bytes/token)")
     trainings = [("pretrained_model", "pretrained_model", None), ("sft_model", "sft_model", None)]
     trainings += [(f"lora_adapter[{t}]", "lora_adapter", t) for t in tasks]
     for label, key, partition in trainings:
         meta = _metadata(instance, key, partition)
-        lines.append(f"{label + ' loss:':<28}{_num(meta.get('first_loss', '?'))} -> "
+        lines.append(f"{label + ' loss:':<36}{_num(meta.get('first_loss', '?'))} -> "
                      f"{_num(meta.get('final_loss', '?'))}")
     evals = [(f"{k}[{suite}]", k, suite) for k in ("base_model_eval", "sft_model_eval")]
     evals += [(f"lora_model_eval[{t}|{suite}]", "lora_model_eval", str(adapter_eval_key(t, suite)))
               for t in tasks]
     for label, key, partition in evals:
-        lines.append(f"{label + ':':<28}{_scores(_metadata(instance, key, partition))}")
+        lines.append(f"{label + ':':<36}{_scores(_metadata(instance, key, partition))}")
     lines += ["", f"artifacts:   {artifacts}",
               f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
               f"adapters:    {artifacts}/lora_adapter/<task>/adapter/ (PEFT)",
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(instance, artifacts, suite, tasks):
         print(line)
     success = bool(results) and all(r.success for r in results) and len(results) == 2 + 2 * len(tasks)
-    runs = ", ".join(r.run_id for r in results)
-    print(f"{len(results)} runs ({runs}) {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s")
+    print(f"{len(results)} runs {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s: "
+          + ", ".join(r.run_id[:8] for r in results))
     for result in results:
         for event in result.all_events:
             if event.is_failure:
