@@ -2,18 +2,26 @@
 
     python benchmarks/pretrain_throughput.py [--preset tiny] [--steps 10] [--warmup 3]
         [--micro-batch 8] [--seq-len 256] [--data TOKENS_DIR] [--compile] [--peak-flops F]
+        [--engine auto|plain|deepspeed] [--loss-chunk N] [--attention-backend auto|cudnn|flash|...]
         [--repeats 3]
 
-All three train the same ``LlamaForCausalLM`` (an ``lmforge.train.model`` preset, same seed) on
+All four train the same ``LlamaForCausalLM`` (an ``lmforge.train.model`` preset, same seed) on
 the same windows of the same tokens (random tokens by default, or our shards with ``--data``),
 with the same batch, sequence length, AdamW settings and gradient clipping:
 
 - lmforge: ``lmforge.train.loop.train``, what ``lmforge pretrain`` runs after it has loaded the
-  tokenizer (DeepSpeed engine, bf16 autocast on GPU, its own loss over all of a step's tokens);
+  tokenizer, with ``--engine`` (default auto: the plain PyTorch engine on one device), bf16
+  autocast on GPU, its own loss over all of a step's tokens, and the ``--loss-chunk`` /
+  ``--attention-backend`` knobs;
+- lmforge, DeepSpeed engine: the same with ``engine="deepspeed"`` (what lmforge ran on one device
+  before the plain engine), so the table shows what the engine alone costs;
 - HF Trainer: ``transformers.Trainer`` with ``TrainingArguments`` as its docs show (``bf16=True``
   on GPU, ``torch_compile`` with ``--compile``), loss from the model's ``labels``;
 - DeepSpeed: ``deepspeed.initialize`` on the HF model with a plain ``forward / backward / step``
   loop, its stock ``bf16`` mode on GPU.
+
+``--loss-chunk`` and ``--attention-backend`` are lmforge's knobs and apply to the two lmforge
+runs only; the others run as their users would run them.
 
 Each runs in its own process (``--repeats`` times round robin, the fastest run counting, for
 shared machines). Peak memory is per process: ``torch.cuda.max_memory_allocated`` on GPU, the max
@@ -40,8 +48,9 @@ import tempfile
 import time
 from pathlib import Path
 
-FRAMEWORKS = ("lmforge", "hf_trainer", "deepspeed")
-LABELS = {"lmforge": "lmforge loop", "hf_trainer": "HF Trainer", "deepspeed": "DeepSpeed (plain loop)"}
+FRAMEWORKS = ("lmforge", "lmforge_deepspeed", "hf_trainer", "deepspeed")
+LABELS = {"lmforge": "lmforge", "lmforge_deepspeed": "lmforge, DeepSpeed engine", "hf_trainer": "HF Trainer",
+          "deepspeed": "DeepSpeed (plain loop)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, help="default: the preset's")
     p.add_argument("--vocab-size", type=int, help="random-token vocabulary (default 1024 tiny, else 50304)")
     p.add_argument("--data", help="token shard dir (train.bin/.json) instead of random tokens")
-    p.add_argument("--compile", action="store_true", help="torch.compile in all three")
+    p.add_argument("--compile", action="store_true", help="torch.compile in all of them")
+    p.add_argument("--engine", choices=["auto", "plain", "deepspeed"], default="auto",
+                   help="the 'lmforge' run's engine (auto: plain on one device)")
+    p.add_argument("--loss-chunk", type=int, default=0,
+                   help="lmforge runs: tokens per chunk of the output projection + cross-entropy (0: off)")
+    p.add_argument("--attention-backend", choices=["auto", "cudnn", "flash", "efficient", "math"], default="auto",
+                   help="lmforge runs: SDPA kernel")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU")
@@ -102,7 +117,8 @@ def resolve_spec(args: argparse.Namespace, workdir: Path) -> dict:
     spec = dict(device=device, preset=preset, seq_len=seq_len, vocab_size=vocab, data_dir=data_dir,
                 steps=args.steps or (30 if gpu else 10), warmup=args.warmup if args.warmup is not None else (10 if gpu else 3),
                 micro_batch=args.micro_batch or (16 if gpu else 8), grad_accum=args.grad_accum,
-                compile=args.compile, threads=args.threads, seed=args.seed,
+                compile=args.compile, threads=args.threads, seed=args.seed, engine=args.engine,
+                loss_chunk=args.loss_chunk, attention_backend=args.attention_backend,
                 bf16=args.precision == "bf16" or (args.precision == "auto" and gpu),
                 lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0, workdir=str(workdir))
     if args.peak_flops:
@@ -197,7 +213,7 @@ class StepClock:
 # (a) lmforge
 
 
-def run_lmforge(spec: dict) -> dict:
+def run_lmforge(spec: dict, engine: str | None = None) -> dict:
     from lmforge.train.loop import TrainConfig, init_distributed, train
     from lmforge.train.model import flops_per_token
     from lmforge.train.telemetry import Telemetry
@@ -209,7 +225,9 @@ def run_lmforge(spec: dict) -> dict:
                       beta1=spec["betas"][0], beta2=spec["betas"][1], grad_clip=spec["grad_clip"],
                       eval_every=0, eval_batches=0, log_every=10**9, save_every=0, seed=spec["seed"],
                       device=spec["device"], precision="bf16" if spec["bf16"] else "fp32",
-                      compile=spec["compile"], cpu_threads=spec["threads"], peak_flops=spec["peak_flops"])
+                      compile=spec["compile"], cpu_threads=spec["threads"], peak_flops=spec["peak_flops"],
+                      engine=engine or spec["engine"], loss_chunk=spec["loss_chunk"],
+                      attention_backend=spec["attention_backend"])
     clock = StepClock(spec)
 
     def batch_fn(step, micro, rank, world):
@@ -222,7 +240,11 @@ def run_lmforge(spec: dict) -> dict:
         run_dir = tempfile.mkdtemp(prefix="lmforge_run-", dir=spec["workdir"])
         result = train(model, cfg, run_dir, batch_fn=batch_fn, eval_fn=None,
                        dist=dist, telemetry=tel, flops_per_token=flops_per_token(mconf, spec["seq_len"]))
-    return {"seconds": clock.seconds, "final_loss": result.final_loss}
+    return {"seconds": clock.seconds, "final_loss": result.final_loss, "engine": result.engine_name}
+
+
+def run_lmforge_deepspeed(spec: dict) -> dict:
+    return run_lmforge(spec, engine="deepspeed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +341,8 @@ def run_deepspeed(spec: dict) -> dict:
     return {"seconds": clock.seconds, "final_loss": float(loss)}
 
 
-RUNNERS = {"lmforge": run_lmforge, "hf_trainer": run_hf_trainer, "deepspeed": run_deepspeed}
+RUNNERS = {"lmforge": run_lmforge, "lmforge_deepspeed": run_lmforge_deepspeed, "hf_trainer": run_hf_trainer,
+           "deepspeed": run_deepspeed}
 
 
 def child(name: str, spec: dict) -> None:
@@ -354,6 +377,13 @@ def run_child(name: str, spec: dict) -> dict:
     return out
 
 
+def label(name: str, result: dict) -> str:
+    """The row's name; the lmforge run says which engine ``auto`` chose."""
+    if name == "lmforge" and result.get("engine"):
+        return f"lmforge ({result['engine']} engine)"
+    return LABELS[name]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -372,32 +402,34 @@ def main(argv=None) -> int:
               f"{'bf16' if spec['bf16'] else 'fp32'}{', torch.compile' if spec['compile'] else ''}, "
               f"data {'random tokens' if not args.data else args.data}; "
               f"{flops_per_token(mconf, spec['seq_len']) / 1e6:.1f} MFLOP/token; "
-              f"peak {spec['peak_flops'] / 1e12:.3f} TFLOP/s ({spec['peak_source']})", flush=True)
+              f"peak {spec['peak_flops'] / 1e12:.3f} TFLOP/s ({spec['peak_source']}); lmforge: engine "
+              f"{spec['engine']}, loss_chunk {spec['loss_chunk']}, attention {spec['attention_backend']}", flush=True)
         results: dict[str, dict] = {}
         for rep in range(args.repeats):
             for name in dict.fromkeys(args.only):
                 r = run_child(name, spec)
                 r["tokens_per_s"] = tokens / r["seconds"]
                 r["mfu"] = mfu(r["tokens_per_s"], mconf, spec["seq_len"], peak_flops=spec["peak_flops"])
-                print(f"  run {rep + 1}/{args.repeats} {LABELS[name]}: {r['tokens_per_s']:,.0f} tokens/s, "
+                print(f"  run {rep + 1}/{args.repeats} {label(name, r)}: {r['tokens_per_s']:,.0f} tokens/s, "
                       f"peak memory {r['peak_memory'] / 2**30:.3f} GiB", flush=True)
                 if name not in results or r["tokens_per_s"] > results[name]["tokens_per_s"]:
                     results[name] = r
 
     mem_label = "peak GPU mem (GiB)" if spec["device"] == "cuda" else "peak RSS (GiB)"
-    header = f"{'':24} {'tokens/s':>12} {'MFU %':>8} {mem_label:>20} {'timed s':>8}"
+    header = f"{'':28} {'tokens/s':>12} {'MFU %':>8} {mem_label:>20} {'timed s':>8}"
     print()
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{LABELS[name]:24} {r['tokens_per_s']:12,.0f} {100 * r['mfu']:8.3f} "
+        print(f"{label(name, r):28} {r['tokens_per_s']:12,.0f} {100 * r['mfu']:8.3f} "
               f"{r['peak_memory'] / 2**30:20.3f} {r['seconds']:8.2f}")
     if "lmforge" in results:
         lm = results["lmforge"]
-        for other in ("hf_trainer", "deepspeed"):
+        for other in ("lmforge_deepspeed", "hf_trainer", "deepspeed"):
             if other in results:
                 o = results[other]
-                print(f"lmforge / {LABELS[other]}: tokens/s x{lm['tokens_per_s'] / o['tokens_per_s']:.2f}, "
+                print(f"{label('lmforge', lm)} / {label(other, o)}: "
+                      f"tokens/s x{lm['tokens_per_s'] / o['tokens_per_s']:.2f}, "
                       f"peak memory x{lm['peak_memory'] / o['peak_memory']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"spec": {k: v for k, v in spec.items() if k != "workdir"},

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from lmforge.io import atomic_path, write_json
 from lmforge.train.loop import barrier, copy_tokenizer_files, gathered_module, init_distributed, train
+from lmforge.train.plots import loss_curve_metadata
 from lmforge.train.sft import RunStats, SFTConfig, check_inputs, prepare
 from lmforge.train.telemetry import Telemetry
 
@@ -118,6 +119,9 @@ def train_lora(cfg: LoraConfig) -> RunStats:
     missing = [t for t in cfg.targets if t not in present]
     if missing:
         raise ValueError(f"target modules {missing} are not in the base model")
+    # LoRA's A matrices start random, drawn from the global RNG: seed it, or the same command
+    # trains a different adapter depending on what ran before in the process.
+    torch.manual_seed(cfg.seed)
     model = get_peft_model(base_model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                       target_modules=cfg.targets, task_type="CAUSAL_LM"))
     from lmforge.train.model import flops_per_token
@@ -134,9 +138,11 @@ def train_lora(cfg: LoraConfig) -> RunStats:
                          alpha=cfg.alpha, targets=cfg.targets, qlora=cfg.qlora, world_size=dist.world_size,
                          adapter_dir=str(out), merged_dir=str(out / "merged") if cfg.merge else None)
         stats["val_loss"] = stats.pop("final_val_loss")
+        plot = {}
         if dist.rank == 0:
             write_json(out / "summary.json", dict(stats))
-        tel.report(stats)
+            plot = loss_curve_metadata(out, title=f"LoRA r={cfg.rank}")
+        tel.report({**stats, **plot})
     stats.model = result.engine.module
     return stats
 

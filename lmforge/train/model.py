@@ -6,13 +6,20 @@ directory loads with ``AutoModelForCausalLM``, PEFT, lm-eval and vLLM with no co
 
 Presets change sizes, not code. ``tiny`` trains on a laptop CPU in a minute; the others are the
 usual GPT-2/Llama-sized points. The vocabulary always comes from the tokenizer.
+
+Two speed knobs live here because they are about the model's own compute: the output projection
+and cross-entropy computed in chunks of tokens (``linear_cross_entropy``), and the choice of
+PyTorch's scaled-dot-product-attention kernel (``attention_context``).
 """
 
 from __future__ import annotations
 
+import functools
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # Peak dense bf16 throughput of one H100 SXM, the usual denominator for MFU.
@@ -152,3 +159,179 @@ def preset_summary(name: str, vocab_size: int) -> dict:
     return {"preset": name, **asdict(get_preset(name)), "vocab_size": vocab_size, "params": n,
             "matmul_params": matmul_params(cfg), "chinchilla_tokens": chinchilla_tokens(n),
             "flops_per_token": flops_per_token(cfg, cfg.max_position_embeddings)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss head: output projection + cross-entropy in chunks of tokens
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_parts(model) -> tuple[nn.Module, nn.Linear] | None:
+    """The decoder (input ids -> final hidden states) and the output projection of a causal LM.
+
+    Looks through a training engine (``.module``) and a PEFT wrapper: LoRA injects its adapters
+    into the base model's layers, so the base model's own decoder and head compute exactly what
+    the PEFT model's forward does. Returns None where that split is not plain, and the caller
+    takes the standard path: prompt-learning PEFT methods (prefix / prompt tuning) change the
+    inputs in the wrapper's forward, and a head that is not a bias-free ``nn.Linear`` (a LoRA'd
+    or quantized ``lm_head``) is not one matrix to multiply chunk by chunk.
+    """
+    module = getattr(model, "module", model)
+    if hasattr(module, "peft_config") and hasattr(module, "get_base_model"):
+        if module.active_peft_config.is_prompt_learning:
+            return None
+        module = module.get_base_model()
+    if not (hasattr(module, "get_decoder") and hasattr(module, "get_output_embeddings")):
+        return None
+    head = module.get_output_embeddings()
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None
+    return module.get_decoder(), head
+
+
+def _nll_and_grad_logits(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, need_grad: bool):
+    """One chunk: the summed NLL of ``targets`` under ``h @ w.T``, and d(NLL)/d(logits).
+
+    The logits are rounded to ``h``'s dtype by the matmul (bf16 under autocast, as the standard
+    path's ``lm_head`` does) and the softmax runs in fp32, as ``F.cross_entropy(logits.float())``.
+    """
+    logits = (h @ w.T).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    valid = targets != IGNORE_INDEX
+    safe = torch.where(valid, targets, 0)[:, None]
+    nll = ((lse - logits.gather(1, safe).squeeze(1)) * valid).sum()
+    if not need_grad:
+        return nll, None
+    # d nll / d logits = softmax - onehot(target) on trained rows, 0 on ignored ones; computed
+    # in the logits' own memory, so a chunk costs one [chunk x vocab] fp32 buffer, not two.
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad.scatter_add_(1, safe, -valid[:, None].to(grad.dtype))
+    grad.mul_(valid[:, None])
+    return nll, grad.to(h.dtype)
+
+
+@functools.cache
+def _compiled_chunk_kernel():
+    # One fused kernel per chunk for the softmax / gather / one-hot work instead of several
+    # passes over the [chunk x vocab] fp32 logits; compiled once per process, on first use.
+    return torch.compile(_nll_and_grad_logits)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed NLL of ``hidden @ weight.T`` against ``targets``, one chunk of rows at a time.
+
+    The gradients are computed in the forward pass, chunk by chunk, while each chunk's logits
+    exist (as Liger-Kernel's fused linear cross-entropy does): backward then only scales them.
+    Peak memory holds one chunk's logits instead of all of them, and nothing is recomputed (a
+    ``torch.utils.checkpoint`` per chunk would redo the head's matmul, ~10% of a small model's
+    training FLOPs).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk, dtype, kernel):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # Explicit dtypes below (``dtype`` is what autocast would have used), so autocast's own
+        # per-op casting must not second-guess them.
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+            for start in range(0, hidden.size(0), chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                nll, g = kernel(h, w, targets[start:start + chunk], need_h or need_w)
+                total += nll
+                if need_h:
+                    grad_h[start:start + chunk] = g @ w
+                if need_w:
+                    grad_w += g.T @ h  # fp32 accumulation across chunks
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        grad_h = grad_h * grad_out if grad_h is not None else None
+        grad_w = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return grad_h, grad_w, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int, compiled: bool = False) -> torch.Tensor:
+    """``F.cross_entropy(hidden @ weight.T, targets, ignore_index=-100, reduction="sum")``
+    without the ``[tokens x vocab]`` logits: at most ``chunk`` rows of them exist at a time.
+
+    ``hidden`` is ``[tokens, d]``, ``weight`` the ``[vocab, d]`` output projection. Under autocast
+    the matmuls run in autocast's dtype (bf16) and the softmax in fp32, like the standard path.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    kernel = _compiled_chunk_kernel() if compiled else _nll_and_grad_logits
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, dtype, kernel)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention kernels
+
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+def _sdpa_backend(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name]
+
+
+def attention_context(name: str):
+    """A context in which SDPA runs only the named kernel; ``auto`` lets PyTorch choose per call.
+
+    The kernel is picked when the forward runs and its backward follows it, but the training
+    loop holds the context around both, so nothing depends on that detail.
+    """
+    if name == "auto":
+        return nullcontext()
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([_sdpa_backend(name)])
+
+
+def check_attention_backend(name: str, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ValueError unless attention kernel ``name`` can train ``model`` on ``device``.
+
+    PyTorch only says that a kernel is unusable when a call needs it ("No available kernel"),
+    which would be the first training step; a forward and backward of SDPA with the model's head
+    layout (grouped-query, causal, as transformers calls it for unpadded rows) and the training
+    dtype finds out before any work. Masked rows (padded or packed SFT batches) can still rule
+    out a kernel the probe accepted (flash takes no mask on GPU); "auto" always works.
+    """
+    if name == "auto":
+        return
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None)
+    if impl != "sdpa":
+        raise ValueError(f"attention_backend={name!r} needs the model's attention to be SDPA, "
+                         f"but it is {impl!r}; use attention_backend='auto'")
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    # Constant inputs: the values do not matter, and the global RNG stream must not move.
+    q = torch.ones(1, heads, 16, head_dim, device=device, dtype=dtype, requires_grad=True)
+    kv = torch.ones(1, kv_heads, 16, head_dim, device=device, dtype=dtype, requires_grad=True)
+    gqa = {"enable_gqa": True} if kv_heads != heads else {}
+    try:
+        with attention_context(name):
+            out = torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, **gqa)
+            out.sum().backward()
+    except RuntimeError as e:
+        reason = " ".join(str(e).split())[:200]
+        hint = "on CPU only 'math', 'flash' and 'auto' run" if device.type == "cpu" else (
+            "this GPU, dtype or PyTorch build lacks it")
+        raise ValueError(f"attention_backend={name!r} cannot run this model's attention on {device} "
+                         f"in {dtype} ({hint}); use 'auto' or another backend. PyTorch said: {reason}") from None

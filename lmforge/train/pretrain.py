@@ -6,9 +6,12 @@ Running the same command on the same RUN_DIR resumes from its newest checkpoint.
 re-launches itself under torchrun with N ranks (DeepSpeed ZeRO shards across them).
 
 The run directory holds ``model/`` (Hugging Face ``save_pretrained`` + tokenizer files: loads with
-``AutoModelForCausalLM`` / ``AutoTokenizer``), ``checkpoints/`` (DeepSpeed, for resume),
-``metrics.jsonl`` (one line per logged step), ``summary.json``, ``train_config.json`` and
-``tensorboard/``.
+``AutoModelForCausalLM`` / ``AutoTokenizer``), ``checkpoints/`` (DeepSpeed layout, for resume),
+``metrics.jsonl`` (one line per logged step), ``loss_curve.png``, ``summary.json``,
+``train_config.json`` and ``tensorboard/``. The materialization metadata shows the loss curve.
+
+On one process the plain PyTorch engine trains (``--engine``, see ``loop.py``); ``--loss-chunk``
+and ``--attention-backend`` are the speed knobs of ``model.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pydantic import Field
 from lmforge.io import write_json
 from lmforge.train import launch
 from lmforge.train.data import TokenWindows, read_header
-from lmforge.train.loop import TrainConfig, init_distributed, save_hf_model, train
+from lmforge.train.loop import TrainConfig, add_speed_flags, init_distributed, save_hf_model, train
 from lmforge.train.model import PRESETS, build_model, chinchilla_tokens, flops_per_token, get_preset, model_config
+from lmforge.train.plots import loss_curve_metadata
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,11 +102,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
             first_loss=result.first_loss, final_loss=result.final_loss, val_loss=result.final_val_loss,
             tokens=result.tokens, tokens_per_s=result.tokens_per_s, mfu=result.mfu,
             wall_s=result.wall_s, world_size=dist.world_size, zero_stage=cfg.zero_stage,
+            engine=result.engine_name, loss_chunk=cfg.loss_chunk, attention_backend=cfg.attention_backend,
             seq_len=seq_len, vocab_size=len(tokenizer), chinchilla_tokens=chinchilla_tokens(result.params),
             resumed_from=result.resumed_from, device=str(dist.device), model_dir=str(out / "model"))
+        plot = {}
         if dist.rank == 0:
             write_json(out / "summary.json", dict(stats))
-        tel.report(stats)
+            plot = loss_curve_metadata(out, title=f"pretrain {cfg.preset}")
+        tel.report({**stats, **plot})
     stats.model = result.engine.module
     return stats
 
@@ -124,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="val loss every N steps")
     p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
+    add_speed_flags(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, help="initialisation and data-order seed")
     p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")

@@ -13,7 +13,7 @@ With ``packing`` (the default) the conversations of a micro-batch share rows of 
 positions without seeing each other (``packing.py``) instead of each being padded to the longest:
 the same conversations per step and the same loss, with fewer padded positions to compute.
 The run directory gets ``model/`` (HF + tokenizer files), ``summary.json``, ``metrics.jsonl``,
-``checkpoints/`` (resume) and ``tensorboard/``.
+``loss_curve.png``, ``checkpoints/`` (resume) and ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch
 from pydantic import Field
 
 from lmforge.io import write_json
-from lmforge.train.loop import TrainConfig, init_distributed, save_hf_model, train
+from lmforge.train.loop import TrainConfig, add_speed_flags, init_distributed, save_hf_model, train
 from lmforge.train.packing import pack_batch
+from lmforge.train.plots import loss_curve_metadata
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,9 +313,11 @@ def sft(cfg: SFTConfig) -> RunStats:
                          val_conversations=len(val_ex), world_size=dist.world_size, zero_stage=cfg.zero_stage,
                          model_dir=str(out / "model"))
         stats["val_loss"] = stats.pop("final_val_loss")
+        plot = {}
         if dist.rank == 0:
             write_json(out / "summary.json", dict(stats))
-        tel.report(stats)
+            plot = loss_curve_metadata(out, title="SFT")
+        tel.report({**stats, **plot})
     stats.model = result.engine.module
     return stats
 
@@ -333,6 +336,7 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
     p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
+    add_speed_flags(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, help="data-order seed")
     p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")

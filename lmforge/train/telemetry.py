@@ -62,11 +62,30 @@ class Telemetry:
             print(f"[{self.prefix}] {message}", file=sys.stderr, flush=True)
 
     def report(self, metadata: Mapping[str, Any]) -> None:
-        """Final figures: the asset's materialization metadata under Pipes, one JSON line otherwise."""
+        """Final figures: the asset's materialization metadata under Pipes, one JSON line otherwise.
+
+        A value may be Pipes' typed form ``{"raw_value": ..., "type": "md"}`` (see ``plots.py``),
+        which Pipes passes on as it is; the JSON line shows its raw value, and a long one (an
+        inline image) only as its length, to keep the terminal readable.
+        """
         if self.rank != 0:
             return
         metadata = _jsonable(dict(metadata))
         if self.pipes is not None:
             self.pipes.report_asset_materialization(metadata=metadata)
         else:
-            print(f"[{self.prefix}] summary {json.dumps(metadata, sort_keys=True)}", file=sys.stderr, flush=True)
+            line = {k: _terminal_value(v) for k, v in metadata.items()}
+            print(f"[{self.prefix}] summary {json.dumps(line, sort_keys=True)}", file=sys.stderr, flush=True)
+
+
+def _is_typed(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"raw_value", "type"}
+
+
+def _terminal_value(value: Any) -> Any:
+    if not _is_typed(value):
+        return value
+    raw = value["raw_value"]
+    if isinstance(raw, str) and len(raw) > 500:
+        return f"<{value['type']}, {len(raw):,} characters>"
+    return raw

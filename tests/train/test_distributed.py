@@ -3,7 +3,9 @@
 Both see the same tokens per step: the data order depends on (seed, step) only, and two ranks with
 one micro-batch each split the global batch exactly as one process with two accumulation steps
 does. What differs is only floating-point summation order (all-reduce vs accumulation, ZeRO's
-flat partitions), so the losses agree to ~1e-6; the tolerance below is 1e-4.
+flat partitions), so the losses agree to ~1e-6; the tolerance below is 1e-4. The single-process
+reference runs on the plain engine (the default there), so this also pins the plain engine to
+DeepSpeed ZeRO's trajectory.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def test_two_process_zero_matches_single_process(zero_stage, single_process_run,
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["zero_stage"] == zero_stage
+    # The reference is the default single-process run: the plain engine, not DeepSpeed's.
+    assert summary["engine"] == "deepspeed" and ref["engine"] == "plain"
     ours, theirs = _losses(out), _losses(ref_dir)
     assert len(ours) == len(theirs) == STEPS
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < TOLERANCE, (ours, theirs)

@@ -4,7 +4,8 @@
 ``python -m lmforge.train.pretrain`` process with SIGKILL (no ``finally``, no atexit, no flush), as
 a preempted node or the OOM killer would, and checks that running the same command on the same
 run directory resumes from the last complete checkpoint and ends exactly where an uninterrupted
-run of the same command ends.
+run of the same command ends. Once with each engine: the plain one (the default on one process)
+and DeepSpeed's; both write DeepSpeed's checkpoint layout.
 
 Why exact equality and not a tolerance: on CPU with one thread per process every kernel is
 deterministic, the data a step reads is a pure function of (seed, step), and the checkpoint holds
@@ -24,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from lmforge.paths import REPO_ROOT
@@ -33,10 +35,11 @@ MAX_STEPS = 32
 SAVE_EVERY = 4
 
 
-def _command(shards_dir: Path, tokenizer_dir: Path, out: Path) -> list[str]:
+def _command(shards_dir: Path, tokenizer_dir: Path, out: Path, engine: str) -> list[str]:
     # Small enough that a step takes tens of milliseconds on a busy core; enough steps that the
     # kill lands well before the end. One thread per process keeps the two runs bit-identical.
-    extra = {"log_every": 1, "eval_every": 0, "eval_batches": 2, "warmup_steps": 4, "cpu_threads": 1}
+    extra = {"log_every": 1, "eval_every": 0, "eval_batches": 2, "warmup_steps": 4, "cpu_threads": 1,
+             "engine": engine}
     return [sys.executable, "-m", "lmforge.train.pretrain", "--preset", "tiny",
             "--data", str(shards_dir), "--tokenizer", str(tokenizer_dir), "--out", str(out),
             "--seq-len", "32", "--micro-batch", "4", "--max-steps", str(MAX_STEPS),
@@ -129,14 +132,15 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_sigkill_then_same_command_resumes_exactly(shards_dir, tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["plain", "deepspeed"])
+def test_sigkill_then_same_command_resumes_exactly(engine, shards_dir, tokenizer_dir, tmp_path):
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
     # The reference and the run to be killed go side by side (one thread each) to save time.
-    ref = _start(_command(shards_dir, tokenizer_dir, ref_dir), tmp_path / "ref.log")
-    victim = _start(_command(shards_dir, tokenizer_dir, run_dir), tmp_path / "killed.log")
+    ref = _start(_command(shards_dir, tokenizer_dir, ref_dir, engine), tmp_path / "ref.log")
+    victim = _start(_command(shards_dir, tokenizer_dir, run_dir, engine), tmp_path / "killed.log")
     try:
         staged = _kill_after_checkpoint(victim, run_dir, tmp_path / "killed.log")
-        _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged)
+        _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged, engine)
     finally:
         for proc in (victim, ref):
             if proc.poll() is None:
@@ -144,7 +148,7 @@ def test_sigkill_then_same_command_resumes_exactly(shards_dir, tokenizer_dir, tm
                 proc.wait()
 
 
-def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged):
+def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged, engine):
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
 
     # The kill left a half-trained run: a complete checkpoint, no export, no summary.
@@ -164,7 +168,7 @@ def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged):
     print(f"killed at step {max(_logged_steps(run_dir))}, latest {latest}, save in flight: {staged}")
     assert latest_checkpoint(run_dir) == latest
 
-    resumed = subprocess.run(_command(shards_dir, tokenizer_dir, run_dir), cwd=REPO_ROOT, timeout=120,
+    resumed = subprocess.run(_command(shards_dir, tokenizer_dir, run_dir, engine), cwd=REPO_ROOT, timeout=120,
                              env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {latest}" in resumed.stderr
@@ -172,6 +176,7 @@ def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged):
 
     full = json.loads((ref_dir / "summary.json").read_text())
     again = json.loads((run_dir / "summary.json").read_text())
+    assert full["engine"] == again["engine"] == engine
     assert full["resumed_from"] is None and again["resumed_from"] == _step_of(latest)
     if staged is not None and staged != latest:  # a save was in flight at the kill: not used
         assert again["resumed_from"] < _step_of(staged)

@@ -1,5 +1,6 @@
 """LoRA: only the adapter weights move, the saved adapter reloads with PEFT to the same outputs,
-the merged export matches, and QLoRA without a GPU fails with a clear message."""
+the merged export matches, checkpoints hold only what trains and resume exactly, and QLoRA without
+a GPU fails with a clear message."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 import torch
 
+from lmforge.train import lora as lora_mod
 from lmforge.train.lora import LoraConfig, main, train_lora
 
 
@@ -52,6 +54,43 @@ def test_lora_trains_only_adapters_and_reloads(base_model_dir, chat_jsonl, tmp_p
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
         assert not torch.allclose(AutoModelForCausalLM.from_pretrained(base_model_dir)(input_ids=ids).logits,
                                   expected, atol=1e-3)
+
+
+def test_lora_checkpoint_holds_only_the_adapter_and_resumes_exactly(base_model_dir, chat_jsonl, tmp_path,
+                                                                    monkeypatch):
+    # Dropout on: the resumed run must also restore the RNG state to match.
+    kw = dict(base=str(base_model_dir), data=str(chat_jsonl), max_steps=4, save_every=2, micro_batch=4,
+              max_len=128, lr=1e-2, rank=2, alpha=4, dropout=0.1, device="cpu", log_every=1)
+    full = train_lora(LoraConfig(out_dir=str(tmp_path / "full"), **kw))
+    assert full["engine_name"] == "plain"
+
+    state = torch.load(tmp_path / "full" / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt",
+                       weights_only=False)
+    trainable = {n for n, p in full.model.named_parameters() if p.requires_grad}
+    # Only the adapters: not the frozen base, not even the tied embedding under its second name.
+    assert set(state["module"]) == trainable and all("lora_" in n for n in trainable)
+    assert len(state["optimizer"]["state"]) == len(trainable) and state["step"] == 4
+
+    real_prepare = lora_mod.prepare
+
+    def crashing_prepare(*a, **k):
+        data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = real_prepare(*a, **k)
+
+        def batch_at(step, *b):
+            if step == 3:
+                raise KeyboardInterrupt("simulated preemption")
+            return batch_fn(step, *b)
+        return data_stats, train_ex, val_ex, max_steps, batch_at, eval_fn
+
+    monkeypatch.setattr(lora_mod, "prepare", crashing_prepare)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(LoraConfig(out_dir=str(tmp_path / "crash"), **kw))
+    monkeypatch.setattr(lora_mod, "prepare", real_prepare)
+    resumed = train_lora(LoraConfig(out_dir=str(tmp_path / "crash"), **kw))
+    assert resumed["resumed_from"] == 2
+    assert resumed["final_loss"] == full["final_loss"] and resumed["val_loss"] == full["val_loss"]
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_qlora_without_gpu_is_a_clear_error(base_model_dir, chat_jsonl, tmp_path, capsys):

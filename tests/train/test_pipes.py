@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -41,3 +42,11 @@ def test_pretrain_under_pipes_reports_progress_and_metadata(shards_dir, tokenize
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert metadata["final_loss"] == summary["final_loss"] and metadata["steps"] == 4
     assert {"tokens_per_s", "mfu", "params", "val_loss", "first_loss"} <= set(metadata)
+    assert metadata["engine"] == "plain"
+    # The loss curve arrives typed, so Dagster renders it as Markdown with the PNG inline.
+    png = tmp_path / "run" / "loss_curve.png"
+    assert report["metadata"]["loss_curve"]["type"] == "md"
+    assert metadata["loss_curve"].startswith("![pretrain tiny](data:image/png;base64,")
+    assert base64.b64decode(metadata["loss_curve"].split(",", 1)[1][:-1]) == png.read_bytes()
+    assert report["metadata"]["loss_curve_path"] == {"raw_value": str(png), "type": "path"}
+    assert "loss_curve" not in summary  # the picture is for the UI; summary.json stays small

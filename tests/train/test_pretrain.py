@@ -63,6 +63,37 @@ def test_export_loads_and_matches_in_memory_model(tiny_run, tokenizer_dir):
     assert torch.equal(exported, in_memory)
 
 
+def test_loss_curve_png_and_its_metadata(tiny_run):
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
+    from lmforge.train.plots import loss_curve_metadata, read_losses
+
+    out, stats = tiny_run
+    png = out / "loss_curve.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = imread(io.BytesIO(data)).shape
+    assert width > 300 and height > 200
+    train, val = read_losses(out / "metrics.jsonl")
+    assert [s for s, _ in train] == [1, 5, 10, 15, 20, 25, 30] and val and val[-1][1] == stats["val_loss"]
+
+    meta = loss_curve_metadata(out, title="again")
+    assert meta["loss_curve"]["type"] == "md" and meta["loss_curve_path"] == {"raw_value": str(png), "type": "path"}
+    md = meta["loss_curve"]["raw_value"]
+    prefix = "![again](data:image/png;base64,"
+    assert md.startswith(prefix) and md.endswith(")")
+    # The embedded image is the file the call (re)drew, byte for byte.
+    assert base64.b64decode(md[len(prefix):-1]) == png.read_bytes()
+    # Nothing to draw (a run that has not logged a step): no picture and no metadata.
+    empty = out / "empty_run"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text('{"step": 1, "loss": 6.')  # torn line only
+    assert loss_curve_metadata(empty) == {} and not (empty / "loss_curve.png").exists()
+
+
 def test_resume_after_crash_is_exact(shards_dir, tokenizer_dir, tmp_path, monkeypatch):
     kw = dict(max_steps=6, save_every=3, log_every=1, eval_batches=1)
     full = pretrain(small_config(shards_dir, tokenizer_dir, tmp_path / "full", **kw))

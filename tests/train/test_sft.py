@@ -62,16 +62,19 @@ def test_real_gsm8k_conversations_and_truncation(tok):
         tokenize_conversation(tok, [{"role": "robot", "content": "hi"}])
 
 
-def test_sft_loss_is_mean_nll_over_assistant_tokens(base_model_dir, tmp_path, tok):
+@pytest.mark.parametrize("loss_chunk", [0, 64])
+def test_sft_loss_is_mean_nll_over_assistant_tokens(loss_chunk, base_model_dir, tmp_path, tok):
     from transformers import AutoModelForCausalLM
 
     rows = gsm8k_chats(4, start=100)
     data = tmp_path / "four.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # One step over all four conversations (2 micro-batches of 2), so step 1's loss is the base
-    # model's loss on the whole file, whatever the order.
+    # model's loss on the whole file, whatever the order. With loss_chunk the packed rows' loss
+    # goes through the chunked output projection + cross-entropy and must be the same.
     cfg = SFTConfig(base=str(base_model_dir), data=str(data), out_dir=str(tmp_path / "run"), max_steps=1,
-                    micro_batch=2, grad_accum=2, val_fraction=0.0, max_len=512, device="cpu", log_every=1)
+                    micro_batch=2, grad_accum=2, val_fraction=0.0, max_len=512, device="cpu", log_every=1,
+                    loss_chunk=loss_chunk)
     stats = sft(cfg)
 
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
@@ -98,6 +101,8 @@ def test_sft_lowers_loss_on_gsm8k(base_model_dir, chat_jsonl, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_loss"] < summary["first_loss"] - 0.5
     assert summary["val_loss"] is not None and summary["val_conversations"] == 3
+    assert summary["engine_name"] == "plain"
+    assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert AutoTokenizer.from_pretrained(tmp_path / "run" / "model").chat_template
 
