@@ -43,6 +43,16 @@ def task_data_path(store: ArtifactStore, task: str) -> Path:
     return store.path("sft_conversations", "tasks", f"{task}.jsonl")
 
 
+def adapter_task_data(instance: dg.DagsterInstance) -> tuple[list[str], dict[str, str]]:
+    """The adapter tasks the latest `sft_conversations` built, and why it skipped the others."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
+    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    built = list(meta["tasks"].value) if "tasks" in meta else []
+    skipped = {key[len("task_"):-len("_skipped")]: value.value for key, value in meta.items()
+               if key.startswith("task_") and key.endswith("_skipped")}
+    return built, skipped
+
+
 @dg.asset(code_version="sft-data-2", group_name="training", kinds={"jsonl"},
           deps=["decontaminated_documents"])
 def sft_conversations(context: dg.AssetExecutionContext, config: SFTConversationsConfig,
@@ -115,12 +125,8 @@ def lora_adapter(context: dg.AssetExecutionContext, config: LoraAdapterConfig,
     task = context.partition_key
     data = task_data_path(store, task)
     if not data.exists():
-        event = context.instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
-        meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-        why = meta.get(f"task_{task}_skipped")
-        raise dg.Failure(
-            description=f"no conversations for adapter task {task!r} at {data}: "
-            + (why.value if why is not None else "materialize sft_conversations first"))
+        why = adapter_task_data(context.instance)[1].get(task, "materialize sft_conversations first")
+        raise dg.Failure(description=f"no conversations for adapter task {task!r} at {data}: {why}")
     cfg = engine_config(LoraConfig, config, base=str(model_dir(store, "sft_model")),
                         data=str(data), out_dir=str(adapter_dir(store, task)))
     return launcher.run(context, "lmforge.train.lora", cfg.model_dump(mode="json"),

@@ -20,6 +20,7 @@ import assets.report
 import assets.tokenizer
 import assets.training
 from assets.partitions import adapter_eval_key
+from assets.training import adapter_task_data
 from pipelines.presets import PRESET_SUITES, PRESETS, job_name, run_config
 from resources import ArtifactStore, TrainingLauncher
 
@@ -95,9 +96,7 @@ def adapters_after_training(context: dg.RunStatusSensorContext):
     run = context.dagster_run
     if CHAIN_TAG not in run.tags:
         return dg.SkipReason("training was started by hand: train the adapters by hand too")
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    tasks = meta["tasks"].value if "tasks" in meta else []
+    tasks, _ = adapter_task_data(context.instance)
     if not tasks:
         return dg.SkipReason("sft_conversations built no adapter task data")
     preset = run.tags.get("preset", "tiny")

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     from assets.partitions import DAILY, adapter_eval_key
+    from assets.training import adapter_task_data
     from pipelines.definitions import JOB_ASSETS, defs
     from pipelines.presets import PRESET_SUITES, job_name, run_config
     from resources import ArtifactStore
@@ -144,10 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     # The same sequence the sensors run after the nightly curation.
     tasks: list[str] = []
     if run("curation", day) and run("training", suite):
-        conversations = _metadata(instance, "sft_conversations")
-        tasks = list(conversations.get("tasks") or [])
-        for task, reason in ((k[5:-8], v) for k, v in conversations.items()
-                             if k.startswith("task_") and k.endswith("_skipped")):
+        tasks, skipped = adapter_task_data(instance)
+        for task, reason in skipped.items():
             print(f"lmforge demo: adapter task {task} skipped: {reason}", file=sys.stderr)
         for task in tasks:
             if not (run("adapters", task) and run("adapter_evaluation", adapter_eval_key(task, suite))):

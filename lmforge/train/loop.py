@@ -6,8 +6,9 @@ step, log, evaluate, checkpoint. The loop drives an *engine* through a few calls
 
 * ``PlainEngine``, plain PyTorch for one process without ZeRO: autograd, clipping, AdamW (fused
   on CUDA). On one GPU this is the fast path: DeepSpeed's engine adds per-call hooks, timers and
-  bookkeeping and buys nothing there (on one H100, GPT-2-small shape: ~174-226K tokens/s through
-  a DeepSpeed engine against ~393-421K for a plain compiled loop).
+  bookkeeping and buys nothing there (baselines given to this project, a 135M Llama-style model on
+  one H100, not measured by this repository: ~174-226K tokens/s through a DeepSpeed engine against
+  ~393-421K for a plain compiled loop).
 * DeepSpeed's engine, for what differs between one device and many: ZeRO partitioning of
   optimizer state, gradients and parameters, and the gradient all-reduce across ranks.
 
@@ -23,7 +24,9 @@ Checkpoints are DeepSpeed checkpoints (model, optimizer and ZeRO partitions; the
 writes DeepSpeed's stage-0 layout) plus the step, the token count and every rank's RNG state.
 Data order is a function of (seed, step), so the step is the whole data position. A checkpoint
 is written to a staging directory and renamed into place, and ``checkpoints/latest`` is replaced
-last, so a crash mid-save leaves the previous checkpoint.
+last, so a crash mid-save leaves the previous checkpoint. A checkpoint is resumed only if the run's config and
+input files are those it was trained from (``run_fingerprint``): after an upstream change the
+same command trains again from scratch.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from lmforge.io import atomic_path
-from lmforge.train.model import (attention_context, causal_lm_parts, check_attention_backend, count_params,
+from lmforge.train.model import (ATTENTION_BACKENDS, attention_context, causal_lm_parts, check_attention_backend,
+                                 count_params,
                                  linear_cross_entropy)
 from lmforge.train.telemetry import Telemetry
 
@@ -86,7 +90,7 @@ class TrainConfig(BaseModel):
     loss_chunk: int = Field(0, ge=0, description="compute the output projection and cross-entropy "
                             "this many tokens at a time, so the [tokens x vocab] fp32 logits never "
                             "exist at once (0: all at once)")
-    attention_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = Field(
+    attention_backend: Literal[ATTENTION_BACKENDS] = Field(
         "auto", description="SDPA kernel: auto (PyTorch picks per call), cudnn, flash, efficient or "
         "math; on CPU only auto, flash and math run")
     cpu_threads: int = Field(1, ge=1, description="torch threads per process on CPU: tiny models run "
@@ -102,7 +106,7 @@ def add_speed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-chunk", dest="loss_chunk", type=int,
                    help="tokens per chunk of the output projection + cross-entropy (0: off)")
     p.add_argument("--attention-backend", dest="attention_backend",
-                   choices=["auto", "cudnn", "flash", "efficient", "math"], help="SDPA kernel (default auto)")
+                   choices=ATTENTION_BACKENDS, help="SDPA kernel (default auto)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,15 +486,64 @@ def save_checkpoint(engine, out_dir: Path, step: int, client_state: dict, dist: 
 
 def load_checkpoint(engine, out_dir: Path, tag: str, dist: Dist) -> dict:
     ckpt_dir = out_dir / "checkpoints"
+    # Optimizer.load_state_dict takes every group setting from the checkpoint, ``fused`` and
+    # ``foreach`` too: keep the ones this run built (a run resumed under the other engine).
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in engine.optimizer.param_groups]
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False,
                                                 load_module_strict=not _has_frozen(engine))
     if path is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+    for group, kept in zip(engine.optimizer.param_groups, kernels):
+        group.update(kept)
     rng = ckpt_dir / tag / f"rng_rank{dist.rank}.pt"
     if rng.exists():  # absent when resuming on more ranks than saved: data order is still exact
         _set_rng_state(torch.load(rng, weights_only=False))
     return client_state or {}
+
+
+# ---------------------------------------------------------------------------------------------
+# what a run directory was trained from
+
+# Settings that change how a run goes, not what it computes: a checkpoint stays valid across them.
+_RESUMABLE_ACROSS = frozenset({
+    "save_every", "keep_checkpoints", "log_every", "eval_every", "nproc", "launcher", "hostfile",
+    "cpu_threads", "engine", "compile", "attention_backend", "loss_chunk", "peak_flops", "device"})
+
+
+def run_fingerprint(config_record: dict | None, inputs: Iterable[str | Path]) -> dict:
+    """What a run directory's checkpoints were trained from: the config (less the settings in
+    ``_RESUMABLE_ACROSS``) and the size and modification time of every input file. Stages write
+    their outputs atomically (new files), so a re-materialized input changes it."""
+    files = []
+    for root in inputs:
+        root = Path(root)
+        for f in sorted([root] if root.is_file() else (p for p in root.rglob("*") if p.is_file())):
+            st = f.stat()
+            files.append([str(f), st.st_size, st.st_mtime_ns])
+    config = {k: v for k, v in (config_record or {}).items() if k not in _RESUMABLE_ACROSS}
+    return json.loads(json.dumps({"config": config, "inputs": files}, default=str))
+
+
+def _start_fresh_if_changed(out_dir: Path, fingerprint: dict, dist: Dist, telemetry: Telemetry) -> None:
+    """Resume only checkpoints trained from the same config and inputs. Otherwise (new data, a
+    new base model, another learning rate) the run directory's checkpoints and logs are cleared,
+    so materializing again after an upstream change trains again instead of re-exporting the
+    old weights; a run directory from before fingerprints counts as changed."""
+    path = out_dir / "run_fingerprint.json"
+    tag = latest_checkpoint(out_dir)
+    same = path.exists() and json.loads(path.read_text()) == fingerprint
+    barrier(dist)  # every rank has decided before rank 0 changes anything
+    if tag is not None and not same:
+        telemetry.log(f"the config or the inputs changed since checkpoint {tag}: training from scratch")
+        if dist.rank == 0:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if dist.rank == 0 and not same:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")
+    barrier(dist)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +567,8 @@ class TrainResult:
     engine: Any = field(default=None, repr=False)
 
     def to_metadata(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "engine"}
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("engine", "engine_name")}
+        return {**meta, "engine": self.engine_name}
 
 
 def _uses_bf16(cfg: TrainConfig, dist: Dist) -> bool:
@@ -549,8 +603,8 @@ def forward_nll(model, batch: Batch, loss_chunk: int = 0, compiled: bool = False
 
     ``loss_chunk > 0`` runs the decoder for the final hidden states and the output projection +
     cross-entropy ``loss_chunk`` tokens at a time (``model.linear_cross_entropy``), where the model
-    splits that way (``causal_lm_parts``: plain and LoRA-wrapped Llama do); other models take the
-    standard path. ``compiled``: torch.compile the chunk kernel.
+    splits that way (``causal_lm_parts``: Llama, Mistral, Qwen2/3, plain or LoRA-wrapped); other
+    models take the standard path. ``compiled``: torch.compile the chunk kernel.
     """
     inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                   position_ids=batch.get("position_ids"), use_cache=False)
@@ -587,14 +641,16 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
           batch_fn: Callable[[int, int, int, int], Batch],
           eval_fn: Callable[[int, int], Iterable[Batch]] | None,
           dist: Dist, telemetry: Telemetry, flops_per_token: float = 0.0,
-          config_record: dict | None = None) -> TrainResult:
+          config_record: dict | None = None, inputs: Iterable[str | Path] = ()) -> TrainResult:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps, resuming from ``out_dir`` if it holds
     a checkpoint.
 
     ``batch_fn(step, micro, rank, world_size)`` returns one micro-batch (``input_ids``,
     ``targets``, optionally ``attention_mask``, ``position_ids`` and ``num_tokens``);
     ``eval_fn(rank, world_size)`` yields the val batches. Rank 0 writes ``metrics.jsonl`` and
-    TensorBoard logs under ``out_dir``.
+    TensorBoard logs under ``out_dir``. ``inputs`` are the files the run trains from: with
+    ``config_record`` they decide whether a checkpoint in ``out_dir`` is resumed
+    (``run_fingerprint``).
     """
     resolve_engine(cfg, dist.world_size)  # a bad combination fails before any work
     out_dir = Path(out_dir)
@@ -605,7 +661,11 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         model.to(dist.device)
     n_params, n_trainable = count_params(model), count_params(model, trainable_only=True)
     train_dtype = torch.bfloat16 if _uses_bf16(cfg, dist) else torch.float32
-    check_attention_backend(cfg.attention_backend, model, dist.device, train_dtype)
+    if cfg.attention_backend != "auto":
+        # Padded or packed rows (SFT) reach SDPA with a mask and repeated KV heads, unmasked ones
+        # (pretraining) without: probe the way this run's batches will call it.
+        masked = batch_fn(0, 0, dist.rank, dist.world_size).get("attention_mask") is not None
+        check_attention_backend(cfg.attention_backend, model, dist.device, train_dtype, masked=masked)
     engine, engine_name = build_engine(model, cfg, dist)
     compile_ = _compile_enabled(cfg, dist)
     if compile_:
@@ -615,6 +675,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
                   + (f", loss in chunks of {cfg.loss_chunk} tokens" if cfg.loss_chunk else "")
                   + (", torch.compile" if compile_ else ""))
 
+    _start_fresh_if_changed(out_dir, run_fingerprint(config_record, inputs), dist, telemetry)
     start, tokens, first_loss, elapsed, resumed_from = 0, 0, None, 0.0, None
     saved_loss = saved_val_loss = None
     tag = latest_checkpoint(out_dir)

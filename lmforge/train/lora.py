@@ -129,7 +129,7 @@ def train_lora(cfg: LoraConfig) -> RunStats:
     with Telemetry(dist.rank, prefix="lora") as tel:
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
                        flops_per_token=flops_per_token(base_model.config, cfg.max_len),
-                       config_record=run_cfg.model_dump())
+                       config_record=run_cfg.model_dump(), inputs=[cfg.base, cfg.data])
         _save_adapter(result.engine, out, cfg.base, dist)
         if cfg.merge and dist.rank == 0:
             merge_adapter(cfg.base, out, out / "merged")

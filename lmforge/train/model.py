@@ -15,6 +15,7 @@ PyTorch's scaled-dot-product-attention kernel (``attention_context``).
 from __future__ import annotations
 
 import functools
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -167,21 +168,34 @@ def preset_summary(name: str, vocab_size: int) -> dict:
 IGNORE_INDEX = -100
 
 
+# Model types whose ``ForCausalLM.forward`` computes exactly ``lm_head(model(...).last_hidden_state)``
+# and nothing after it, checked in transformers' modeling code for each. The chunked loss
+# multiplies the decoder's hidden states by the head's weight itself, so any transformation of the
+# logits after the head would be silently skipped: Granite divides them by ``logits_scaling``,
+# Gemma 2/3 soft-cap them (``final_logit_softcapping``), Cohere multiplies by ``logit_scale``, and
+# so on. The same head and decoder attributes are no evidence that the forward is plain, so only
+# the listed types take the chunked path; every other model takes the standard one.
+CHUNKED_LOSS_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
 def causal_lm_parts(model) -> tuple[nn.Module, nn.Linear] | None:
     """The decoder (input ids -> final hidden states) and the output projection of a causal LM.
 
     Looks through a training engine (``.module``) and a PEFT wrapper: LoRA injects its adapters
     into the base model's layers, so the base model's own decoder and head compute exactly what
     the PEFT model's forward does. Returns None where that split is not plain, and the caller
-    takes the standard path: prompt-learning PEFT methods (prefix / prompt tuning) change the
-    inputs in the wrapper's forward, and a head that is not a bias-free ``nn.Linear`` (a LoRA'd
-    or quantized ``lm_head``) is not one matrix to multiply chunk by chunk.
+    takes the standard path: a model type outside ``CHUNKED_LOSS_MODEL_TYPES`` (its forward may
+    transform the logits after the head), prompt-learning PEFT methods (prefix / prompt tuning)
+    change the inputs in the wrapper's forward, and a head that is not a bias-free ``nn.Linear``
+    (a LoRA'd or quantized ``lm_head``) is not one matrix to multiply chunk by chunk.
     """
     module = getattr(model, "module", model)
     if hasattr(module, "peft_config") and hasattr(module, "get_base_model"):
         if module.active_peft_config.is_prompt_learning:
             return None
         module = module.get_base_model()
+    if getattr(getattr(module, "config", None), "model_type", None) not in CHUNKED_LOSS_MODEL_TYPES:
+        return None
     if not (hasattr(module, "get_decoder") and hasattr(module, "get_output_embeddings")):
         return None
     head = module.get_output_embeddings()
@@ -271,7 +285,22 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     kernel = _compiled_chunk_kernel() if compiled else _nll_and_grad_logits
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+        # Evaluation (no_grad) or nothing to differentiate: only the NLL, chunk by chunk. The
+        # autograd Function would compute the gradient buffers anyway, since
+        # ``ctx.needs_input_grad`` follows the inputs' requires_grad, not the grad mode.
+        return _chunked_nll(hidden, weight, targets, chunk, dtype, kernel)
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, dtype, kernel)
+
+
+def _chunked_nll(hidden, weight, targets, chunk, dtype, kernel) -> torch.Tensor:
+    with torch.autocast(hidden.device.type, enabled=False):
+        w = weight.to(dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk):
+            nll, _ = kernel(hidden[start:start + chunk].to(dtype), w, targets[start:start + chunk], False)
+            total += nll
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,14 +331,16 @@ def attention_context(name: str):
     return sdpa_kernel([_sdpa_backend(name)])
 
 
-def check_attention_backend(name: str, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def check_attention_backend(name: str, model: nn.Module, device: torch.device, dtype: torch.dtype, *,
+                            masked: bool = False) -> None:
     """Raise ValueError unless attention kernel ``name`` can train ``model`` on ``device``.
 
     PyTorch only says that a kernel is unusable when a call needs it ("No available kernel"),
     which would be the first training step; a forward and backward of SDPA with the model's head
-    layout (grouped-query, causal, as transformers calls it for unpadded rows) and the training
-    dtype finds out before any work. Masked rows (padded or packed SFT batches) can still rule
-    out a kernel the probe accepted (flash takes no mask on GPU); "auto" always works.
+    layout and the training dtype, called the way transformers calls it, finds out before any
+    work. ``masked=False``: unmasked rows, ``is_causal=True`` and, for grouped-query attention,
+    ``enable_gqa``. ``masked=True``: masked rows (padded or packed batches), a boolean attention
+    mask and the KV heads repeated to the query heads. "auto" always works.
     """
     if name == "auto":
         return
@@ -321,17 +352,41 @@ def check_attention_backend(name: str, model: nn.Module, device: torch.device, d
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    gqa = kv_heads != heads
+    # As transformers' sdpa_attention_forward: enable_gqa only without a mask (and head_dim <= 256),
+    # otherwise the KV heads repeated (repeat_kv) to the query heads.
+    enable_gqa = gqa and not masked and head_dim <= 256
     # Constant inputs: the values do not matter, and the global RNG stream must not move.
     q = torch.ones(1, heads, 16, head_dim, device=device, dtype=dtype, requires_grad=True)
-    kv = torch.ones(1, kv_heads, 16, head_dim, device=device, dtype=dtype, requires_grad=True)
-    gqa = {"enable_gqa": True} if kv_heads != heads else {}
-    try:
-        with attention_context(name):
-            out = torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, **gqa)
-            out.sum().backward()
-    except RuntimeError as e:
-        reason = " ".join(str(e).split())[:200]
-        hint = "on CPU only 'math', 'flash' and 'auto' run" if device.type == "cpu" else (
-            "this GPU, dtype or PyTorch build lacks it")
-        raise ValueError(f"attention_backend={name!r} cannot run this model's attention on {device} "
-                         f"in {dtype} ({hint}); use 'auto' or another backend. PyTorch said: {reason}") from None
+    kv = torch.ones(1, kv_heads if enable_gqa else heads, 16, head_dim, device=device, dtype=dtype,
+                    requires_grad=True)
+    if masked:
+        mask = torch.ones(16, 16, dtype=torch.bool, device=device).tril()[None, None]
+        kwargs = {"attn_mask": mask}
+    else:
+        kwargs = {"is_causal": True, **({"enable_gqa": True} if enable_gqa else {})}
+    # PyTorch explains why it refused a kernel in warnings ("Flash attention does not support
+    # ..."), not in the error: keep them for the message.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with attention_context(name):
+                out = torch.nn.functional.scaled_dot_product_attention(q, kv, kv, **kwargs)
+                out.sum().backward()
+            return
+        except TypeError as e:  # torch < 2.5 has no enable_gqa
+            error, hint = e, "this PyTorch's SDPA lacks enable_gqa; lmforge needs torch >= 2.5"
+        except RuntimeError as e:
+            error = e
+            hint = "on CPU only 'math', 'flash' and 'auto' run" if device.type == "cpu" else (
+                "this GPU, dtype or PyTorch build lacks it")
+    reason = " ".join(str(error).split())[:300]
+    said = "; ".join(dict.fromkeys(" ".join(str(w.message).split())[:300] for w in caught))[:1500]
+    rows = "masked (padded or packed) rows" if masked else "unmasked rows"
+    gqa_note = ""
+    if enable_gqa and name in ("cudnn", "efficient"):
+        gqa_note = (" This model uses grouped-query attention, and PyTorch's SDPA runs grouped-query "
+                    "attention (enable_gqa) only with the flash and math kernels on CUDA.")
+    raise ValueError(f"attention_backend={name!r} cannot run this model's attention on {device} in {dtype} "
+                     f"for {rows} ({hint}); use 'auto' or another backend.{gqa_note} PyTorch said: {reason}"
+                     + (f" PyTorch's warnings: {said}" if said else "")) from None

@@ -95,7 +95,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
                 f"{cfg.micro_batch * cfg.grad_accum * dist.world_size * seq_len:,} tokens/step")
         result = train(model, cfg, out, batch_fn=batch_fn, eval_fn=eval_fn if val_windows else None,
                        dist=dist, telemetry=tel, flops_per_token=flops_per_token(mconf, seq_len),
-                       config_record=cfg.model_dump())
+                       config_record=cfg.model_dump(), inputs=[cfg.data_dir, cfg.tokenizer_dir])
         save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.tokenizer_dir)
         stats = PretrainStats(
             preset=cfg.preset, params=result.params, steps=result.steps,

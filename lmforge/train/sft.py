@@ -307,7 +307,7 @@ def sft(cfg: SFTConfig) -> RunStats:
                 + ("; packed micro-batches" if cfg.packing else ""))
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
                        flops_per_token=flops_per_token(model.config, cfg.max_len),
-                       config_record=run_cfg.model_dump())
+                       config_record=run_cfg.model_dump(), inputs=[cfg.base, cfg.data])
         save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.base)
         stats = RunStats(**result.to_metadata(), **{f"data_{k}": v for k, v in data_stats.to_metadata().items()},
                          val_conversations=len(val_ex), world_size=dist.world_size, zero_stage=cfg.zero_stage,

@@ -57,6 +57,11 @@ class AdapterTask(BaseModel):
             if unknown:
                 raise ValueError(f"task {self.name}: unknown kinds {sorted(unknown)}; "
                                  f"known: {', '.join(DOCUMENT_KINDS)}")
+            if self.path:
+                raise ValueError(f"task {self.name}: source 'documents' reads the curated "
+                                 "documents and takes no path")
+        elif "split" in self.model_fields_set and self.source != "hub":
+            raise ValueError(f"task {self.name}: split only applies to source 'hub'")
         elif not self.path:
             raise ValueError(f"task {self.name}: source {self.source!r} needs a path")
         elif self.kinds:
@@ -83,15 +88,22 @@ def load_task(name: str) -> AdapterTask:
 
 
 def _resolve(task: AdapterTask) -> Path:
+    """The task's file. A relative ``qa`` path is read from the benchmark mirror, whose absence
+    (or a file it lacks) makes the task unavailable on this machine; any other relative path is
+    read beside the task's YAML, and a missing file there is a mistake in the task."""
     path = Path(task.path)
     if task.source == "qa" and not path.is_absolute():
         mirror = benchmarks_dir()
         if mirror is None:
             raise TaskDataUnavailable(f"task {task.name}: {task.path} is read from the benchmark "
                                       "mirror, and none was found (set LMFORGE_BENCHMARKS_DIR)")
-        path = mirror / path
+        if not (mirror / path).is_file():
+            raise TaskDataUnavailable(f"task {task.name}: the benchmark mirror {mirror} has no {path}")
+        return mirror / path
+    if not path.is_absolute():
+        path = tasks_dir() / path
     if not path.is_file():
-        raise TaskDataUnavailable(f"task {task.name}: no file at {path}")
+        raise ValueError(f"task {task.name}: no file at {path}")
     return path
 
 
@@ -100,8 +112,18 @@ def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
     """Write the task's conversations to ``out_path`` (chat JSONL, atomically).
 
     ``documents`` is the curated documents Parquet (file or directory) for ``source: documents``.
-    Raises ``TaskDataUnavailable`` when the source is not on this machine.
+    Raises ``TaskDataUnavailable`` when the source is not on this machine or gives no
+    conversation, ``ValueError`` for a mistake in the task (a file that is not there).
     """
+    stats = _build(task, out_path, documents)
+    if stats.examples == 0:
+        Path(out_path).unlink(missing_ok=True)
+        raise TaskDataUnavailable(f"task {task.name}: its source gave no conversations "
+                                  f"({stats.source}; skipped: {stats.skipped or 'none'})")
+    return stats
+
+
+def _build(task: AdapterTask, out_path, documents) -> SFTDataStats:
     if task.source == "documents":
         if documents is None or not Path(documents).exists():
             raise TaskDataUnavailable(f"task {task.name}: no curated documents at {documents}")

@@ -103,11 +103,17 @@ def test_a_new_day_is_deduplicated_against_earlier_days(instance_dirs):
                                                                       "2026-03-02.pkl"]
 
 
-def _sensor_requests(sensor, result):
-    """What a run status sensor asks for after the run of ``result`` succeeded."""
+def _sensor_requests(sensor, result, extra_tags=None, drop_tags=()):
+    """What a run status sensor asks for after the run of ``result`` succeeded (with
+    ``extra_tags`` added to that run's tags and ``drop_tags`` removed, to stand for how it was
+    started)."""
+    run = result.dagster_run
+    if extra_tags or drop_tags:
+        tags = {k: v for k, v in run.tags.items() if k not in drop_tags}
+        run = run.with_tags({**tags, **(extra_tags or {})})
     context = dg.build_run_status_sensor_context(
         sensor_name=sensor.name, dagster_event=result.get_run_success_event(),
-        dagster_instance=dg.DagsterInstance.get(), dagster_run=result.dagster_run)
+        dagster_instance=dg.DagsterInstance.get(), dagster_run=run)
     out = sensor(context)
     return out if isinstance(out, (list, dg.SkipReason)) else [out]
 
@@ -137,12 +143,16 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
     """Curation for one day, training on the smoke suite, one adapter per task, an adapter
     evaluation: each chained by the sensors; the models load with HF, the adapters with PEFT,
     and swapping adapters swaps tasks."""
-    from pipelines.definitions import (CHAIN_TAG, JOB_ASSETS, adapters_after_training, defs,
-                                       evaluate_adapters, train_after_curation)
+    from pipelines.definitions import (CHAIN_TAG, JOB_ASSETS, SUITE_TAG, adapters_after_training,
+                                       defs, evaluate_adapters, train_after_curation)
 
     curation = _run(defs, "curation", "2026-03-01")
     assert isinstance(_sensor_requests(train_after_curation, curation), dg.SkipReason), \
         "a curation run started by hand must not start training"
+    (scheduled,) = _sensor_requests(train_after_curation, curation,
+                                    {"dagster/schedule_name": "nightly_curation"})
+    assert (scheduled.job_name, scheduled.partition_key) == ("training", "smoke")
+    assert scheduled.tags[CHAIN_TAG] == curation.run_id
     training = _run(defs, "training", "smoke", tags={CHAIN_TAG: "test-chain"})
     requests = _sensor_requests(adapters_after_training, training)
     assert sorted(r.partition_key for r in requests) == ["math", "signatures"]
@@ -152,6 +162,12 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
     (evaluation,) = _sensor_requests(evaluate_adapters, adapter)  # the last one: signatures
     assert evaluation.job_name == "adapter_evaluation"
     assert str(evaluation.partition_key) == "signatures|smoke"
+    # The suite travels with the chain: adapters trained after a `standard` training run are
+    # evaluated on `standard`.
+    (standard,) = _sensor_requests(evaluate_adapters, adapter, {SUITE_TAG: "standard"})
+    assert str(standard.partition_key) == "signatures|standard"
+    assert isinstance(_sensor_requests(evaluate_adapters, adapter, drop_tags=[CHAIN_TAG]),
+                      dg.SkipReason), "an adapter trained by hand must not set off its evaluation"
     _run(defs, "adapter_evaluation", evaluation.partition_key)
 
     instance = dg.DagsterInstance.get()

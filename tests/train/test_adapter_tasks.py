@@ -49,10 +49,22 @@ def test_missing_sources_are_reported_not_faked(monkeypatch, tmp_path):
         build_task_data(load_task("math"), tmp_path / "m.jsonl")
     with pytest.raises(TaskDataUnavailable, match="no curated documents"):
         build_task_data(load_task("signatures"), tmp_path / "s.jsonl", documents=tmp_path / "nope")
+    monkeypatch.setattr(tasks, "benchmarks_dir", lambda: tmp_path)  # a mirror without GSM8K
+    with pytest.raises(TaskDataUnavailable, match="has no gsm8k/train.jsonl"):
+        build_task_data(load_task("math"), tmp_path / "m.jsonl")
+    # A source that gives nothing is unavailable too (no adapter is trained on an empty file).
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TaskDataUnavailable, match="gave no conversations"):
+        build_task_data(AdapterTask(name="e", description="e", source="jsonl", path=str(empty)),
+                        tmp_path / "e.jsonl")
+    # A file the task names that is not there is a mistake, not a missing mirror.
     missing = AdapterTask(name="x", description="x", source="jsonl", path=str(tmp_path / "nope.jsonl"))
-    with pytest.raises(TaskDataUnavailable, match="no file"):
+    with pytest.raises(ValueError, match="no file") as e:
         build_task_data(missing, tmp_path / "x.jsonl")
-    assert not (tmp_path / "m.jsonl").exists() and not (tmp_path / "x.jsonl").exists()
+    assert not isinstance(e.value, TaskDataUnavailable)
+    for name in ("m.jsonl", "e.jsonl", "x.jsonl"):
+        assert not (tmp_path / name).exists()
 
 
 def test_custom_task_directory_and_jsonl_source(monkeypatch, tmp_path):
@@ -61,8 +73,8 @@ def test_custom_task_directory_and_jsonl_source(monkeypatch, tmp_path):
             for i in range(5)]
     chats.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "greet.yaml").write_text(
-        f"description: answers\nsource: jsonl\npath: {chats}\nlimit: 3\n")
+    (tmp_path / "tasks" / "greet.yaml").write_text(  # relative: beside the YAML
+        "description: answers\nsource: jsonl\npath: ../chats.jsonl\nlimit: 3\n")
     (tmp_path / "tasks" / "bad.yaml").write_text("description: x\nsource: qa\n")
     (tmp_path / "tasks" / "typo.yaml").write_text("description: x\nsource: jsonl\npath: a\nlimt: 3\n")
     (tmp_path / "tasks" / "other.yaml").write_text("name: renamed\ndescription: x\nsource: jsonl\npath: a\n")
@@ -78,6 +90,12 @@ def test_custom_task_directory_and_jsonl_source(monkeypatch, tmp_path):
         load_task("typo")
     with pytest.raises(ValueError, match="differs from the file name"):
         load_task("other")
+    for bad, why in (("source: documents\npath: x.jsonl", "takes no path"),
+                     ("source: jsonl\npath: a.jsonl\nsplit: test", "split only applies")):
+        (tmp_path / "tasks" / "wrong.yaml").write_text(f"description: x\n{bad}\n")
+        with pytest.raises(ValueError, match=why):
+            load_task("wrong")
+    (tmp_path / "tasks" / "wrong.yaml").unlink()
     with pytest.raises(ValueError, match="unknown adapter task 'nope'"):
         load_task("nope")
     (tmp_path / "tasks" / "broken.yaml").write_text(

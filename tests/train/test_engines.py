@@ -160,10 +160,55 @@ def test_attention_backend_math_trains_and_an_unusable_one_is_a_clear_error(plai
     assert math["final_loss"] < math["first_loss"]
 
     model = build_model(model_config("tiny", 64), seed=0)
-    for name in ("cudnn", "efficient"):  # GPU-only kernels
-        with pytest.raises(ValueError, match=f"attention_backend='{name}' cannot run this model's attention on cpu"):
-            check_attention_backend(name, model, torch.device("cpu"), torch.float32)
-    check_attention_backend("flash", model, torch.device("cpu"), torch.float32)  # PyTorch has a CPU flash kernel
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query
+    cpu = torch.device("cpu")
+    for masked in (False, True):  # unmasked rows (enable_gqa, is_causal), masked rows (repeated KV, bool mask)
+        for name in ("cudnn", "efficient"):  # GPU-only kernels
+            with pytest.raises(ValueError, match=f"attention_backend='{name}' cannot run this model's attention "
+                                                 f"on cpu") as err:
+                check_attention_backend(name, model, cpu, torch.float32, masked=masked)
+            # The grouped-query note belongs to the unmasked probe only (masked rows repeat the KV heads).
+            assert ("enable_gqa) only with the flash and math kernels" in str(err.value)) == (not masked)
+            assert ("masked (padded or packed) rows" in str(err.value)) == masked
+        check_attention_backend("math", model, cpu, torch.float32, masked=masked)
+        check_attention_backend("flash", model, cpu, torch.float32, masked=masked)  # PyTorch has a CPU flash kernel
+
+    # PyTorch says why it refused a kernel in warnings, not in the error: they reach the message.
+    # And a torch without enable_gqa (< 2.5, a TypeError) is the same clear error.
+    def refusing_sdpa(*args, **kwargs):
+        import warnings
+        warnings.warn("Flash attention does not support non-null attn_mask.")
+        raise RuntimeError("No available kernel. Aborting execution.")
+
+    def old_sdpa(*args, enable_gqa=None, **kwargs):
+        raise TypeError("scaled_dot_product_attention() got an unexpected keyword argument 'enable_gqa'")
+
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        calls.append((q.size(1), k.size(1), kwargs))
+        return sdpa(q, k, v, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        # Probed as transformers calls SDPA: unmasked rows with enable_gqa and is_causal, masked
+        # rows with the KV heads repeated and a causal boolean mask.
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+        check_attention_backend("math", model, cpu, torch.float32)
+        check_attention_backend("math", model, cpu, torch.float32, masked=True)
+        (q_heads, kv_heads, unmasked), (_, masked_kv_heads, masked) = calls
+        assert kv_heads == model.config.num_key_value_heads and unmasked == {"is_causal": True, "enable_gqa": True}
+        assert masked_kv_heads == q_heads and masked.keys() == {"attn_mask"}
+        mask = masked["attn_mask"]
+        assert mask.dtype == torch.bool and mask.shape == (1, 1, 16, 16) and torch.equal(mask[0, 0], mask[0, 0].tril())
+        assert not mask[0, 0, 0, 1] and mask[0, 0, 1, 0]
+
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", refusing_sdpa)
+        with pytest.raises(ValueError, match="PyTorch's warnings: Flash attention does not support non-null attn_mask"):
+            check_attention_backend("flash", model, cpu, torch.float32, masked=True)
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", old_sdpa)
+        with pytest.raises(ValueError, match="lacks enable_gqa; lmforge needs torch >= 2.5"):
+            check_attention_backend("math", model, cpu, torch.float32)
+
     model.config._attn_implementation = "eager"
     with pytest.raises(ValueError, match="needs the model's attention to be SDPA"):
         check_attention_backend("math", model, torch.device("cpu"), torch.float32)

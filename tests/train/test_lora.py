@@ -62,7 +62,7 @@ def test_lora_checkpoint_holds_only_the_adapter_and_resumes_exactly(base_model_d
     kw = dict(base=str(base_model_dir), data=str(chat_jsonl), max_steps=4, save_every=2, micro_batch=4,
               max_len=128, lr=1e-2, rank=2, alpha=4, dropout=0.1, device="cpu", log_every=1)
     full = train_lora(LoraConfig(out_dir=str(tmp_path / "full"), **kw))
-    assert full["engine_name"] == "plain"
+    assert full["engine"] == "plain"
 
     state = torch.load(tmp_path / "full" / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt",
                        weights_only=False)

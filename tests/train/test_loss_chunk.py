@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
 
+from lmforge.train import model as model_mod
 from lmforge.train.loop import forward_nll
 from lmforge.train.model import build_model, causal_lm_parts, linear_cross_entropy, model_config
 from lmforge.train.packing import pack_batch
@@ -75,11 +77,69 @@ def test_chunked_loss_matches_standard_under_bf16_autocast(tiny_model):
                   _loss_and_grads(tiny_model, batch, 16, bf16=True), BF16_RTOL)
 
 
-def test_chunked_loss_without_grad_is_the_eval_loss(tiny_model):
+def _kernel_spy(monkeypatch) -> list[bool]:
+    """Replace the chunk kernel (looked up when ``linear_cross_entropy`` runs) with one that
+    records each call's ``need_grad``."""
+    calls, kernel = [], model_mod._nll_and_grad_logits
+
+    def spy(h, w, targets, need_grad):
+        calls.append(need_grad)
+        return kernel(h, w, targets, need_grad)
+
+    monkeypatch.setattr(model_mod, "_nll_and_grad_logits", spy)
+    return calls
+
+
+def test_chunked_loss_without_grad_is_the_eval_loss_and_computes_no_gradients(tiny_model, monkeypatch):
     batch = _batch(2)
+    calls = _kernel_spy(monkeypatch)
     with torch.no_grad():
-        assert forward_nll(tiny_model, batch, loss_chunk=5).item() == pytest.approx(
-            forward_nll(tiny_model, batch).item(), rel=FP32_RTOL)
+        reference = forward_nll(tiny_model, batch).item()
+        assert not calls
+        assert forward_nll(tiny_model, batch, loss_chunk=5).item() == pytest.approx(reference, rel=FP32_RTOL)
+    assert len(calls) == 3 * 40 // 5 and not any(calls)  # every chunk, none asked for gradients
+    # Inputs that need no gradient, with grad mode on: the same.
+    calls.clear()
+    g = torch.Generator().manual_seed(7)
+    hidden, weight = torch.randn(20, 16, generator=g), torch.randn(300, 16, generator=g)
+    targets = torch.randint(0, 300, (20,), generator=g)
+    out = linear_cross_entropy(hidden, weight, targets, chunk=6)
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    assert out.item() == pytest.approx(ref.item(), rel=FP32_RTOL)
+    assert calls == [False] * 4
+    # With gradients wanted, the kernel is asked for them (the spy sees the training path too).
+    calls.clear()
+    linear_cross_entropy(hidden.requires_grad_(), weight, targets, chunk=6)
+    assert calls == [True] * 4
+
+
+def test_a_model_that_transforms_its_logits_takes_the_standard_path(tiny_model, monkeypatch):
+    """Granite divides the head's logits by ``logits_scaling``: the chunked loss, which multiplies
+    the hidden states by the head's weight itself, would skip that (here a factor 20 on the
+    logits), so a Granite model must take the standard path, and a Llama still the chunked one."""
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    granite = GraniteForCausalLM(GraniteConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               logits_scaling=0.05, max_position_embeddings=64))
+    assert causal_lm_parts(granite) is None
+    calls = _kernel_spy(monkeypatch)
+    batch = _batch(8)
+    _assert_close(_loss_and_grads(granite, batch, 0), _loss_and_grads(granite, batch, 8), FP32_RTOL)
+    assert not calls
+    # What the chunked path would have given is a different loss: the check above can fail.
+    decoder, head = granite.get_decoder(), granite.get_output_embeddings()
+    with torch.no_grad():
+        hidden = decoder(input_ids=batch["input_ids"]).last_hidden_state
+        unscaled = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight,
+                                        batch["targets"].reshape(-1), 8).item()
+        assert unscaled != pytest.approx(forward_nll(granite, batch).item(), rel=1e-2)
+    calls.clear()
+    parts = causal_lm_parts(tiny_model)
+    assert parts is not None and parts[0] is tiny_model.model and parts[1] is tiny_model.lm_head
+    forward_nll(tiny_model, batch, loss_chunk=8)
+    assert calls == [True] * (3 * 40 // 8)
 
 
 def test_linear_cross_entropy_against_f_cross_entropy():
@@ -97,6 +157,31 @@ def test_linear_cross_entropy_against_f_cross_entropy():
         assert torch.allclose(a, b, rtol=FP32_RTOL, atol=1e-6)
     with pytest.raises(ValueError):
         linear_cross_entropy(hidden, weight, targets, chunk=0)
+
+
+def _compile_unavailable() -> str | None:
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile (dynamo) is not supported on this Python/platform"
+    if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "no C++ compiler for torch.compile's CPU backend (inductor)"
+    return None
+
+
+@pytest.mark.skipif(_compile_unavailable() is not None, reason=str(_compile_unavailable()))
+def test_compiled_chunk_kernel_matches_the_uncompiled_one():
+    g = torch.Generator().manual_seed(9)
+    hidden = torch.randn(24, 16, generator=g, requires_grad=True)
+    weight = torch.randn(100, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 100, (24,), generator=g)
+    targets[::5] = -100
+    results = []
+    for compiled in (False, True):
+        out = linear_cross_entropy(hidden, weight, targets, chunk=8, compiled=compiled)
+        results.append((out, torch.autograd.grad(out, [hidden, weight])))
+    (ref, ref_grads), (out, grads) = results
+    assert out.item() == pytest.approx(ref.item(), rel=FP32_RTOL)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=FP32_RTOL, atol=1e-6)
 
 
 def _packed_sft_batch(seed: int = 4) -> dict:

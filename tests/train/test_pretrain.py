@@ -4,6 +4,7 @@ transformers and computes what the trained model computes, and resume is exact."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -127,6 +128,21 @@ def test_resume_after_crash_is_exact(shards_dir, tokenizer_dir, tmp_path, monkey
     assert again["resumed_from"] == 6 and again["steps"] == 6
     assert (again["first_loss"], again["final_loss"], again["val_loss"]) == (
         full["first_loss"], full["final_loss"], full["val_loss"])
+
+    # After an upstream change (the shards written again: new files) the same command trains
+    # again from scratch, to the same figures; so it does after a change of a setting that
+    # matters, and then the figures differ.
+    train_bin = shards_dir / "train.bin"
+    st = train_bin.stat()
+    os.utime(train_bin, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    fresh = pretrain(small_config(shards_dir, tokenizer_dir, tmp_path / "crash", **kw))
+    assert fresh["resumed_from"] is None and fresh["steps"] == 6
+    assert fresh["final_loss"] == full["final_loss"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    other_lr = pretrain(small_config(shards_dir, tokenizer_dir, tmp_path / "crash", **{**kw, "lr": 1e-3}))
+    assert other_lr["resumed_from"] is None and other_lr["final_loss"] != full["final_loss"]
 
 
 def test_cli_rejects_bad_input(tmp_path, tokenizer_dir, capsys):

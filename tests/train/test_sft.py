@@ -101,7 +101,7 @@ def test_sft_lowers_loss_on_gsm8k(base_model_dir, chat_jsonl, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_loss"] < summary["first_loss"] - 0.5
     assert summary["val_loss"] is not None and summary["val_conversations"] == 3
-    assert summary["engine_name"] == "plain"
+    assert summary["engine"] == "plain"
     assert (tmp_path / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     assert AutoTokenizer.from_pretrained(tmp_path / "run" / "model").chat_template
