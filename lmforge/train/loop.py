@@ -50,10 +50,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from lmforge.io import atomic_path
+from lmforge.io import atomic_path, write_json
+from lmforge.train import launch
 from lmforge.train.model import (ATTENTION_BACKENDS, attention_context, causal_lm_parts, check_attention_backend,
                                  count_params,
                                  linear_cross_entropy)
+from lmforge.train.plots import loss_curve_metadata
 from lmforge.train.telemetry import Telemetry
 
 Batch = dict[str, torch.Tensor]
@@ -99,14 +101,20 @@ class TrainConfig(BaseModel):
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="extra DeepSpeed config, merged last")
 
 
-def add_speed_flags(p: argparse.ArgumentParser) -> None:
-    """The engine and kernel choices every training command takes."""
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of how a training runs that every training command takes: checkpoints, ZeRO,
+    engine and kernels, device, processes."""
+    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
+    p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
     p.add_argument("--engine", choices=["auto", "deepspeed", "plain"],
                    help="auto (default): plain PyTorch on one process without ZeRO, DeepSpeed otherwise")
     p.add_argument("--loss-chunk", dest="loss_chunk", type=int,
                    help="tokens per chunk of the output projection + cross-entropy (0: off)")
     p.add_argument("--attention-backend", dest="attention_backend",
                    choices=ATTENTION_BACKENDS, help="SDPA kernel (default auto)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")
+    p.add_argument("--launcher", choices=launch.LAUNCHERS, default="torchrun", help="for --nproc > 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,6 +807,16 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         mfu=tps * flops_per_token / (cfg.peak_flops * dist.world_size), wall_s=elapsed,
         resumed_from=resumed_from, params=n_params, trainable_params=n_trainable, engine_name=engine_name,
         engine=engine)
+
+
+def report_run(out_dir: Path, stats: dict, dist: Dist, telemetry: Telemetry, title: str) -> None:
+    """The end of a run: rank 0 writes ``summary.json`` and ``loss_curve.png``; the figures and
+    the curve go to ``telemetry`` (the materialization's metadata under Dagster)."""
+    curve = {}
+    if dist.rank == 0:
+        write_json(out_dir / "summary.json", dict(stats))
+        curve = loss_curve_metadata(out_dir, title=title)
+    telemetry.report({**stats, **curve})
 
 
 def gathered_module(engine):

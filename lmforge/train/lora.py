@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from lmforge.io import atomic_path, write_json
-from lmforge.train.loop import barrier, copy_tokenizer_files, gathered_module, init_distributed, train
-from lmforge.train.plots import loss_curve_metadata
+from lmforge.io import atomic_path
+from lmforge.train.loop import (barrier, copy_tokenizer_files, gathered_module, init_distributed, report_run,
+                                train)
 from lmforge.train.sft import RunStats, SFTConfig, check_inputs, prepare
 from lmforge.train.telemetry import Telemetry
 
@@ -138,11 +138,7 @@ def train_lora(cfg: LoraConfig) -> RunStats:
                          alpha=cfg.alpha, targets=cfg.targets, qlora=cfg.qlora, world_size=dist.world_size,
                          adapter_dir=str(out), merged_dir=str(out / "merged") if cfg.merge else None)
         stats["val_loss"] = stats.pop("final_val_loss")
-        plot = {}
-        if dist.rank == 0:
-            write_json(out / "summary.json", dict(stats))
-            plot = loss_curve_metadata(out, title=f"LoRA r={cfg.rank}")
-        tel.report({**stats, **plot})
+        report_run(out, stats, dist, tel, title=f"LoRA r={cfg.rank}")
     stats.model = result.engine.module
     return stats
 

@@ -23,12 +23,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from lmforge.io import write_json
 from lmforge.train import launch
 from lmforge.train.data import TokenWindows, read_header
-from lmforge.train.loop import TrainConfig, add_speed_flags, init_distributed, save_hf_model, train
+from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
 from lmforge.train.model import PRESETS, build_model, chinchilla_tokens, flops_per_token, get_preset, model_config
-from lmforge.train.plots import loss_curve_metadata
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,11 +103,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
             engine=result.engine_name, loss_chunk=cfg.loss_chunk, attention_backend=cfg.attention_backend,
             seq_len=seq_len, vocab_size=len(tokenizer), chinchilla_tokens=chinchilla_tokens(result.params),
             resumed_from=result.resumed_from, device=str(dist.device), model_dir=str(out / "model"))
-        plot = {}
-        if dist.rank == 0:
-            write_json(out / "summary.json", dict(stats))
-            plot = loss_curve_metadata(out, title=f"pretrain {cfg.preset}")
-        tel.report({**stats, **plot})
+        report_run(out, stats, dist, tel, title=f"pretrain {cfg.preset}")
     stats.model = result.engine.module
     return stats
 
@@ -128,14 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", dest="seq_len", type=int, help="context length")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--schedule", choices=["cosine", "wsd", "constant"], help="learning-rate schedule")
-    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
     p.add_argument("--eval-every", dest="eval_every", type=int, help="val loss every N steps")
-    p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    add_speed_flags(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, help="initialisation and data-order seed")
-    p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")
-    p.add_argument("--launcher", choices=launch.LAUNCHERS, default="torchrun", help="for --nproc > 1")
+    add_run_flags(p)
     return p
 
 

@@ -19,7 +19,6 @@ The run directory gets ``model/`` (HF + tokenizer files), ``summary.json``, ``me
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -29,10 +28,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from lmforge.io import write_json
-from lmforge.train.loop import TrainConfig, add_speed_flags, init_distributed, save_hf_model, train
+from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
 from lmforge.train.packing import pack_batch
-from lmforge.train.plots import loss_curve_metadata
+from lmforge.train.sft_data import read_conversations
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -130,22 +128,12 @@ class SFTDataStats:
 
 
 def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
+    """Training conversations: any roles of ``ROLES`` in any order (multi-turn, tool turns),
+    looser than what ``sft_data`` writes."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no chat data at {path}")
-    conversations = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "messages" not in row:
-                raise ValueError(f"{path}:{n}: expected {{\"messages\": [...]}}")
-            _check_messages(row["messages"])
-            conversations.append(row["messages"])
+    conversations = list(read_conversations(path, validate=_check_messages))
     if not conversations:
         raise ValueError(f"{path}: no conversations")
     return conversations
@@ -313,11 +301,7 @@ def sft(cfg: SFTConfig) -> RunStats:
                          val_conversations=len(val_ex), world_size=dist.world_size, zero_stage=cfg.zero_stage,
                          model_dir=str(out / "model"))
         stats["val_loss"] = stats.pop("final_val_loss")
-        plot = {}
-        if dist.rank == 0:
-            write_json(out / "summary.json", dict(stats))
-            plot = loss_curve_metadata(out, title="SFT")
-        tel.report({**stats, **plot})
+        report_run(out, stats, dist, tel, title="SFT")
     stats.model = result.engine.module
     return stats
 
@@ -334,13 +318,8 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                    help="pack conversations into rows of --max-len positions (default: on)")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
-    p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    add_speed_flags(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--seed", type=int, help="data-order seed")
-    p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")
-    p.add_argument("--launcher", choices=["python", "torchrun", "deepspeed"], default="torchrun")
+    add_run_flags(p)
 
 
 def main(argv: list[str] | None = None) -> int:

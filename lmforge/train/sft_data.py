@@ -50,7 +50,7 @@ import random
 import re
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 from lmforge.io import atomic_path, read_parquet_rows
@@ -112,15 +112,17 @@ def _write_conversations(out_path: str | os.PathLike, examples: Iterable[tuple[s
     return stats
 
 
-def read_conversations(path: str | os.PathLike) -> Iterator[list[dict]]:
-    """The ``messages`` of each row of a chat JSONL file, validated."""
+def read_conversations(path: str | os.PathLike,
+                       validate: Callable[[Any], None] = validate_conversation) -> Iterator[list[dict]]:
+    """The ``messages`` of each row of a chat JSONL file, each checked by ``validate`` (which
+    raises ValueError)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 messages = json.loads(line)["messages"]
-                validate_conversation(messages)
+                validate(messages)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{path}:{lineno}: not a chat row: {e}") from None
             yield messages
