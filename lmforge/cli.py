@@ -1,13 +1,17 @@
 """The ``lmforge`` command: one sub-command per engine stage.
 
 Each sub-command is the ``main(argv)`` of the module that implements the stage, so
-``lmforge dedup IN OUT`` and ``python -m lmforge.curate.dedup IN OUT`` are the same program.
+``lmforge dedup IN OUT`` and ``python -m lmforge.curate.dedup IN OUT`` are the same program. Both
+go through :func:`run`: a bad input is one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+from typing import Callable
 
 # sub-command -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +44,49 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return " ".join(lines) if len(lines) <= 3 else f"{lines[0]} ... {lines[-1]}"
+
+
+def _terminate(signum, frame):  # noqa: ARG001
+    # SIGTERM (a cancelled Dagster run, `kill`) unwinds like Ctrl-C, so every temporary is removed.
+    raise SystemExit(128 + signum)
+
+
+def run(name: str, fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
+    """Run one command's ``main(argv)`` the way users see it: a problem is one line on stderr
+    (``lmforge NAME: error: ...``) and exit status 2, never a traceback (``LMFORGE_DEBUG=1`` shows
+    it). argparse's own usage errors keep their form and status 2."""
+    from lmforge.errors import LmforgeError
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+    debug = os.environ.get("LMFORGE_DEBUG", "") not in ("", "0")
+    try:
+        return int(fn(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"lmforge {name}: interrupted", file=sys.stderr)
+        return 130
+    except LmforgeError as e:
+        if debug:
+            raise
+        print(f"lmforge {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"lmforge {name}: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the promise is one line, whatever went wrong
+        if debug:
+            raise
+        print(f"lmforge {name}: error: {type(e).__name__}: {_one_line(e)} "
+              "(LMFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -50,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmforge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    result = module.main(rest)
-    return int(result or 0)
+    return run(name, module.main, rest)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,200 @@
-"""Atomic writes and the document format shared by the curation stages.
+"""Safe outputs and the document format shared by the curation stages.
 
 Every stage writes to a temporary sibling and renames it into place on success, so a crash never
-leaves a half-written output that a later stage would read.
+leaves a half-written output that a later stage would read. No output destroys what lmforge did not
+make: a file is never written where a directory stands, and a directory output replaces (or fills)
+only an empty directory or one that carries lmforge's marker file (``.lmforge-output``), which every
+directory output gets. Temporaries are named after the process that made them
+(``.<name>.lmforge-<host>-<pid>-<random>.tmp``): removed on failure, and swept by the next write
+beside them once that process is gone (after ``kill -9`` or a power cut).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lmforge.errors import LmforgeError, MissingInput, OutputError
 
 # The columns every document table has; stages add their own (lang, lang_score, quality, ...).
 DOCUMENT_COLUMNS = ("id", "url", "text")
 # Removed documents keep these, plus whatever the stage knows (e.g. ``duplicate_of``).
 REMOVED_COLUMNS = ("id", "url", "text", "reason")
 
+# Written into every directory lmforge makes as an output: only such a directory (or an empty one)
+# may be replaced or written into by a later run.
+OUTPUT_MARKER = ".lmforge-output"
 
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it onto ``final`` if the block succeeds.
+Kind = Literal["file", "dir"]
 
-    Works for files and directories alike: write a file at the yielded path, or create a directory
-    there and fill it. An existing ``final`` is replaced only after the new one is complete.
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TMP_RE = re.compile(r"\.lmforge-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[^/]*\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def temp_name_prefix(name: str) -> str:
+    """The prefix of a temporary beside ``name`` that :func:`sweep_stale` can attribute."""
+    return f".{name}.lmforge-{_HOST}-{os.getpid()}-"
+
+
+def sweep_stale(parent: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries in ``parent`` left by lmforge processes of this host that are gone.
+
+    A temporary that holds the previous version of an output (``old``, moved aside during a
+    commit) while that output is missing is put back first: a kill between the two renames of a
+    commit loses nothing. Returns the paths removed.
+    """
+    parent = Path(parent)
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP_RE.search(p.name)
+        if not m or m.group("host") != _HOST or _pid_alive(int(m.group("pid"))):
+            continue
+        old = p / "old"
+        final_name = p.name[1:m.start()]
+        if old.exists() and final_name and not (parent / final_name).exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, parent / final_name)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+def is_lmforge_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory lmforge made (it holds the marker file)."""
+    return (Path(path) / OUTPUT_MARKER).is_file()
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
+def _os_error(e: OSError, path: Path) -> LmforgeError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on the device writing {path}")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutputError(f"cannot write {path}: {e.strerror}")
+    if e.errno == errno.ENOTDIR:
+        return OutputError(f"cannot write {path}: a parent of it is a file, not a directory")
+    return OutputError(f"cannot write {path}: {e.strerror or e}")
+
+
+def check_output(final: str | os.PathLike, kind: Kind = "file") -> Path:
+    """Check, before any work, that an output of ``kind`` can be written at ``final``.
+
+    Refuses (with :class:`OutputError`, one line) a file output where a directory stands, a
+    directory output where a file stands, a directory output over a non-empty directory lmforge
+    did not make, and a destination that cannot be written (read-only, no permission, a parent
+    that is a file). Creates the parent directories and sweeps stale temporaries beside
+    ``final``. Returns ``final`` as a Path.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    if final.is_symlink() and kind == "dir":
+        raise OutputError(f"{final} is a symbolic link; give a directory lmforge can own")
+    if kind == "file" and final.is_dir():
+        raise OutputError(f"{final} is a directory; give the path of a file to write")
+    if kind == "dir":
+        if final.exists() and not final.is_dir():
+            raise OutputError(f"{final} is a file; give the path of a directory to write")
+        if final.is_dir() and not _is_empty_dir(final) and not is_lmforge_output(final):
+            raise OutputError(f"{final} is a non-empty directory that lmforge did not make "
+                              f"(no {OUTPUT_MARKER} in it); give a new or empty directory")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=temp_name_prefix(final.name), suffix=".tmp",
+                                 dir=final.parent)
+        os.rmdir(probe)
+    except FileExistsError:
+        raise OutputError(f"cannot write {final}: a parent of it is a file, not a directory")
+    except OSError as e:
+        raise _os_error(e, final) from e
+    sweep_stale(final.parent)
+    return final
+
+
+def claim_output_dir(path: str | os.PathLike) -> Path:
+    """Make ``path`` a directory that lmforge writes into in place (a run or crawl directory).
+
+    A missing or empty directory is created and marked; a marked one is taken as it is (a resumed
+    run); anything else is refused by :func:`check_output`.
+    """
+    path = check_output(path, "dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        marker = path / OUTPUT_MARKER
+        if not marker.exists():
+            marker.write_text(json.dumps({"made_by": "lmforge"}) + "\n")
+    except OSError as e:
+        raise _os_error(e, path) from e
+    sweep_stale(path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, kind: Kind = "file") -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` if the block succeeds.
+
+    ``kind`` says what the block writes at the yielded path: a file, or a directory it creates and
+    fills (which gets lmforge's marker). The destination is checked first (:func:`check_output`):
+    nothing lmforge did not make is ever replaced. An existing output is replaced only after the
+    new one is complete; the temporary is removed if the block fails, and swept by a later run if
+    the process was killed.
+    """
+    final = check_output(final, kind)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=temp_name_prefix(final.name), suffix=".tmp",
+                                    dir=final.parent))
+    except OSError as e:
+        raise _os_error(e, final) from e
     target = tmp / final.name
     try:
-        yield target
-        if not target.exists():
-            raise FileNotFoundError(f"atomic_path: nothing was written at {target}")
-        if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(target, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(target, final)
+        try:
+            yield target
+            if not target.exists():
+                raise FileNotFoundError(f"atomic_path: nothing was written at {target}")
+            if kind == "dir":
+                if not target.is_dir():
+                    raise LmforgeError(f"atomic_path: expected a directory at {target}")
+                (target / OUTPUT_MARKER).write_text(json.dumps({"made_by": "lmforge"}) + "\n")
+            elif target.is_dir():
+                raise LmforgeError(f"atomic_path: expected a file at {target}")
+            # Checked again at commit: the destination may have changed while the work ran.
+            check_output(final, kind)
+            if final.is_dir() and not final.is_symlink():
+                os.replace(final, tmp / "old")
+                os.replace(target, final)
+            else:
+                os.replace(target, final)
+        except OSError as e:
+            raise _os_error(e, final) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -95,19 +245,56 @@ def write_parquet(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 n += len(batch)
-        finally:
+        except BaseException:
             if writer is not None:
-                writer.close()
+                with contextlib.suppress(Exception):
+                    writer.close()
+            raise
+        else:
+            writer.close()
     return n
+
+
+def open_parquet(file: str | os.PathLike) -> pq.ParquetFile:
+    """Open one Parquet file; a missing, empty or damaged file is a one-line :class:`LmforgeError`."""
+    file = Path(file)
+    if file.is_dir():
+        raise LmforgeError(f"{file} is a directory; expected a Parquet file")
+    try:
+        return pq.ParquetFile(file)
+    except FileNotFoundError:
+        raise MissingInput(f"no Parquet file at {file}") from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LmforgeError(f"{file} is not a readable Parquet file ({first})") from None
+
+
+def require_columns(path: str | os.PathLike, columns: Iterable[str]) -> list[Path]:
+    """The Parquet files at ``path``, each checked to open and to have ``columns``."""
+    files = parquet_files(path)
+    for file in files:
+        names = set(open_parquet(file).schema_arrow.names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise LmforgeError(f"{file} has no column {', '.join(map(repr, missing))} "
+                               f"(it has {', '.join(sorted(names)) or 'none'})")
+    return files
 
 
 def read_parquet_rows(path: str | os.PathLike, columns: list[str] | None = None,
                       batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Stream the rows of one Parquet file (or a directory of them) as dicts."""
-    for file in parquet_files(path):
-        pf = pq.ParquetFile(file)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield from batch.to_pylist()
+    """Stream the rows of one Parquet file (or a directory of them) as dicts. Named ``columns``
+    must exist (a clear error names the file and the column otherwise)."""
+    files = require_columns(path, columns) if columns else parquet_files(path)
+    for file in files:
+        pf = open_parquet(file)
+        try:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+                yield from batch.to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise
+            raise LmforgeError(f"{file} is damaged ({str(e).strip().splitlines()[0]})") from None
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
@@ -119,12 +306,12 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
         return sorted(x for x in p.glob("*.parquet")
                       if not x.name.startswith(".") and not x.name.endswith(".removed.parquet"))
     if not p.exists():
-        raise FileNotFoundError(f"no Parquet file or directory at {p}")
+        raise MissingInput(f"no Parquet file or directory at {p}")
     return [p]
 
 
 def count_rows(path: str | os.PathLike) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+    return sum(open_parquet(f).metadata.num_rows for f in parquet_files(path))
 
 
 # The removed documents of a stage go beside its output, whatever the stage.
