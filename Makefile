@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps demo test ui bench clean
+.PHONY: install system-deps demo test test-fast ui bench clean
 
 # Debian packages the project uses when present: bubblewrap seals the sandbox that runs generated
 # code (HumanEval). Installed when running as root with apt-get; otherwise the sandbox falls back
@@ -47,6 +47,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the tests marked slow (whole pipelines, several processes).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 ui: install
 	mkdir -p $(DAGSTER_HOME)

@@ -2,7 +2,6 @@
 
 
 import contextlib
-import shutil
 
 import dagster as dg
 from pydantic import Field
@@ -10,6 +9,7 @@ from pydantic import Field
 from lmforge.crawl.crawler import CrawlConfig, crawl
 from lmforge.crawl.local_site import serve_python_docs
 from lmforge.crawl.warc_source import import_warcs
+from lmforge.io import atomic_path
 from assets.partitions import DAILY
 from resources import ArtifactStore, dagster_config, engine_config
 
@@ -42,16 +42,17 @@ def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
                                               **stats.to_metadata()})
     with contextlib.ExitStack() as stack:
         overrides = {}
+        target = out_dir
         if not config.seeds:
             # The documentation server gets a new port each time, so its URLs never match a
-            # previous crawl's: take a fresh snapshot instead of resuming.
-            shutil.rmtree(out_dir, ignore_errors=True)
-            out_dir.mkdir(parents=True)
+            # previous crawl's: take a fresh snapshot instead of resuming, beside the last one,
+            # which it replaces only once complete (a failed crawl leaves the last one in place).
+            target = stack.enter_context(atomic_path(out_dir, "dir"))
             base_url = stack.enter_context(serve_python_docs())
             context.log.info("no seeds configured: crawling this Python's documentation at %s", base_url)
             overrides["seeds"] = [base_url]
         cfg = engine_config(CrawlConfig, config, **overrides)
-        stats = crawl(cfg, out_dir)
+        stats = crawl(cfg, target)
     return dg.MaterializeResult(metadata={"path": str(out_dir), **stats.to_metadata()})
 
 

@@ -34,13 +34,21 @@ class TrainingLauncher(dg.ConfigurableResource):
 
     def run(self, context: dg.AssetExecutionContext, module: str, config: dict[str, Any],
             config_path: Path) -> dg.MaterializeResult:
-        """Write ``config`` to ``config_path``, start ``module`` on it, return its result."""
-        write_json(config_path, config)
-        command = launch.command(module, str(config_path), nproc=self.nproc,
-                                 launcher=self.launcher, hostfile=self.hostfile)
-        context.log.info("launching: %s", " ".join(command))
-        env = {"HF_HUB_OFFLINE": "1", **os.environ, **self.env}
-        client = dg.PipesSubprocessClient()
-        invocation = client.run(context=context, command=command, env=env,
-                                extras={"config": json.loads(json.dumps(config, default=str))})
-        return invocation.get_materialize_result()
+        """Write ``config`` beside ``config_path`` under this run's id, start ``module`` on it,
+        return its result. Each run has its own config file (removed when the process ends; the
+        config travels in the run's Pipes extras and the engine keeps it with its outputs), so a
+        failed or concurrent run never leaves a config that does not describe the model beside it."""
+        run_config = Path(config_path).with_name(
+            f"{Path(config_path).stem}.{context.run_id[:8]}.json")
+        write_json(run_config, config)
+        try:
+            command = launch.command(module, str(run_config), nproc=self.nproc,
+                                     launcher=self.launcher, hostfile=self.hostfile)
+            context.log.info("launching: %s", " ".join(command))
+            env = {"HF_HUB_OFFLINE": "1", **os.environ, **self.env}
+            client = dg.PipesSubprocessClient()
+            invocation = client.run(context=context, command=command, env=env,
+                                    extras={"config": json.loads(json.dumps(config, default=str))})
+            return invocation.get_materialize_result()
+        finally:
+            run_config.unlink(missing_ok=True)
