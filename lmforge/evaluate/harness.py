@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lmforge.io import atomic_path, write_json
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, check_output
 from lmforge.paths import REPO_ROOT, benchmarks_dir as default_benchmarks_dir
 
 # Suites and our task YAMLs live beside the package in the checkout (not inside the wheel).
@@ -43,6 +44,7 @@ SANDBOXED_TASKS = {"lmforge_humaneval"}
 class SuiteTask(BaseModel):
     """One entry of a suite YAML."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
     name: str
     source: Literal["auto", "hub", "local"] = "auto"
     local_task: str | None = None  # our task under eval_suites/tasks (reads local files)
@@ -56,6 +58,8 @@ class SuiteTask(BaseModel):
 
 
 class Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     description: str = ""
     tasks: list[SuiteTask]
@@ -96,11 +100,24 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
         p = SUITES_DIR / f"{name_or_path}.yaml"
     if not p.is_file():
         known = sorted(x.stem for x in SUITES_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown suite {name_or_path!r}: not a file, and not one of {known}")
-    suite = Suite.model_validate(yaml.safe_load(p.read_text()))
+        raise LmforgeError(f"unknown suite {name_or_path!r}: not a file, and not one of {known}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise LmforgeError(f"suite {p}: not valid YAML{at} ({getattr(e, 'problem', None) or type(e).__name__})") from e
+    if not isinstance(data, dict):
+        raise LmforgeError(f"suite {p}: expected a mapping with name and tasks, got {type(data).__name__}")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()[:3])
+        more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
+        raise LmforgeError(f"suite {p}: {problems}{more}") from e
     for t in suite.tasks:
         if not (t.local_task or t.hub_task):
-            raise ValueError(f"suite {suite.name}: task {t.name} names neither local_task nor hub_task")
+            raise LmforgeError(f"suite {p}: task {t.name} names neither local_task nor hub_task")
     return suite
 
 
@@ -216,14 +233,35 @@ def _resolve_source(task: SuiteTask, cfg: EvalConfig, mirror: Path | None) -> tu
 def _load_model(cfg: EvalConfig):
     from lm_eval.models.huggingface import HFLM
 
+    _check_model_dirs(cfg)
     model_dir = Path(cfg.model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(f"not a Hugging Face model directory (no config.json): {model_dir}")
-    if cfg.adapter_dir and not (Path(cfg.adapter_dir) / "adapter_config.json").is_file():
-        raise ValueError(f"not a PEFT adapter directory (no adapter_config.json): {cfg.adapter_dir}")
     return HFLM(pretrained=str(model_dir), tokenizer=str(model_dir), peft=cfg.adapter_dir,
                 device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size,
                 max_length=cfg.max_length)
+
+
+# What `save_pretrained` writes: one of these makes a directory a model with weights.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def _check_model_dirs(cfg: EvalConfig) -> None:
+    """A one-line error for a model or adapter directory that cannot load, before lm-eval tries."""
+    model_dir = Path(cfg.model_dir)
+    if not model_dir.is_dir():
+        raise LmforgeError(f"--model {model_dir}: no such directory")
+    if not (model_dir / "config.json").is_file():
+        raise LmforgeError(f"--model {model_dir}: not a Hugging Face model directory (no config.json)")
+    if not any((model_dir / w).is_file() for w in _WEIGHTS):
+        raise LmforgeError(f"--model {model_dir}: no weights in it (none of {', '.join(_WEIGHTS)})")
+    if not ((model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file()):
+        raise LmforgeError(f"--model {model_dir}: no tokenizer in it (no tokenizer.json / tokenizer_config.json)")
+    if cfg.adapter_dir:
+        adapter = Path(cfg.adapter_dir)
+        if not (adapter / "adapter_config.json").is_file():
+            raise LmforgeError(f"--adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
+        if not any((adapter / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise LmforgeError(f"--adapter {adapter}: no adapter weights in it")
 
 
 def _numeric(d: dict[str, Any]) -> dict[str, float]:
@@ -231,10 +269,18 @@ def _numeric(d: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and "_stderr" not in k}
 
 
-def _write_samples(out_dir: Path, samples: dict[str, list[dict[str, Any]]]) -> None:
-    for task_name, rows in samples.items():
-        with atomic_path(out_dir / "samples" / f"{task_name}.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+def _write_outputs(out_dir: Path, files: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+    """Write the whole output directory at once: a failed or killed evaluation leaves the previous
+    one in place, never a mix of both."""
+    with atomic_path(out_dir, "dir") as tmp:
+        tmp.mkdir()
+        for name, obj in files.items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        if samples:
+            (tmp / "samples").mkdir()
+        for task_name, rows in samples.items():
+            (tmp / "samples" / f"{task_name}.jsonl").write_text(
+                "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 def evaluate(cfg: EvalConfig) -> EvalSummary:
@@ -245,7 +291,10 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
     from lmforge.evaluate.tasks import DataUnavailable, default_cache_dir
 
     t_start = time.perf_counter()
+    # Everything a user can get wrong is checked before the model loads and the tasks run.
     suite = load_suite(cfg.suite)
+    out_dir = check_output(cfg.out_dir, "dir")
+    _check_model_dirs(cfg)
     mirror = Path(cfg.benchmarks_dir) if cfg.benchmarks_dir else default_benchmarks_dir()
     if mirror is not None and not mirror.is_dir():
         mirror = None
@@ -256,6 +305,10 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
     if not any(s == "hub" for _, s, _ in plan):
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["LMFORGE_SANDBOX_TIMEOUT"] = str(cfg.sandbox_timeout)
+    # Generated code must not see the model, its outputs or the data (see lmforge.evaluate.sandbox).
+    os.environ["LMFORGE_SANDBOX_HIDE"] = os.pathsep.join(
+        str(Path(p).resolve()) for p in (cfg.model_dir, cfg.adapter_dir, cfg.out_dir, cfg.heldout_path,
+                                         cfg.cache_dir, mirror) if p)
     logging.getLogger("lm_eval.api.task").setLevel(logging.ERROR)  # per-subject chatter
     if cfg.threads:
         import torch
@@ -273,10 +326,16 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
                                 if source == "local" else TaskManager(metadata=metadata))
         return managers[source]
 
+    unknown = [f"{t.name} ({source} task {name!r})" for t, source, name in plan
+               if name not in manager(source).all_tasks]
+    if unknown:
+        raise LmforgeError(f"suite {suite.name}: no such lm-eval task for {', '.join(unknown)} "
+                           f"(local tasks are in {TASKS_DIR}, hub tasks are lm-eval's own)")
+
     print(f"[eval] loading {cfg.model_dir}" + (f" + adapter {cfg.adapter_dir}" if cfg.adapter_dir else ""),
           file=sys.stderr)
     lm = _load_model(cfg)
-    out_dir = Path(cfg.out_dir)
+    samples: dict[str, list[dict[str, Any]]] = {}
     merged: dict[str, Any] = {}
     results: list[TaskResult] = []
     for task, source, lm_name in plan:
@@ -308,8 +367,10 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
             confirm_run_unsafe_code=lm_name in SANDBOXED_TASKS,
             random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
         )
-        if cfg.log_samples and res.get("samples"):
-            _write_samples(out_dir, res.pop("samples"))
+        if res.get("samples"):
+            found = res.pop("samples")
+            if cfg.log_samples:
+                samples.update(found)
         for key, value in res.items():
             if isinstance(value, dict) and key != "config":
                 merged.setdefault(key, {}).update(value)
@@ -318,7 +379,7 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
         scores = _numeric(res["results"][lm_name])
         score = scores.get(task.metric)
         if score is None:
-            raise RuntimeError(f"{task.name}: lm-eval reported no {task.metric!r}; it reported {sorted(scores)}")
+            raise LmforgeError(f"suite {suite.name}: task {task.name}: lm-eval reported no {task.metric!r}; it reported {sorted(scores)}")
         passed = None
         if task.min_score is not None or task.max_score is not None:
             passed = ((task.min_score is None or score >= task.min_score)
@@ -332,11 +393,13 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
 
     summary = EvalSummary(model_dir=str(cfg.model_dir), adapter_dir=cfg.adapter_dir, suite=suite.name,
                           tasks=results, seconds=time.perf_counter() - t_start)
+    files: dict[str, Any] = {}
     if merged:
         summary.results_path = str(out_dir / "results.json")
         merged["lmforge"] = summary.to_metadata()
-        write_json(out_dir / "results.json", merged)
-    write_json(out_dir / "summary.json", summary.model_dump())
+        files["results.json"] = merged
+    files["summary.json"] = summary.model_dump()
+    _write_outputs(out_dir, files, samples)
     return summary
 
 
@@ -363,12 +426,13 @@ def main(argv: list[str] | None = None) -> int:
                          source=args.source, batch_size=args.batch_size, device=args.device,
                          apply_chat_template=args.chat, threads=args.threads)
         summary = evaluate(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"lmforge eval: error: {e}", file=sys.stderr)
+    except (LmforgeError, ValueError, FileNotFoundError) as e:
+        print(f"lmforge eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(summary.to_markdown())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('eval', main, sys.argv[1:]))

@@ -120,7 +120,7 @@ def normalize_mmlu(benchmarks_dir: str | os.PathLike | None, cache_dir: str | os
     out = Path(cache_dir or default_cache_dir()) / "mmlu" / _fingerprint(files)
     if (out / "COMPLETE").exists():
         return out
-    with atomic_path(out) as tmp:
+    with atomic_path(out, "dir") as tmp:
         for split, by_subject in csvs.items():
             (tmp / split).mkdir(parents=True)
             for subject, path in by_subject.items():

@@ -31,7 +31,9 @@ def test_suites_parse():
     assert std["mmlu"].hub_task == "mmlu" and std["mmlu"].local_task == "lmforge_mmlu"
     assert std["humaneval"].metric == "pass@1,create_test"
     assert all(t.limit is not None for t in smoke.tasks)
-    with pytest.raises(ValueError, match="unknown suite"):
+    from lmforge.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="unknown suite"):
         load_suite("no-such-suite")
 
 
@@ -177,3 +179,69 @@ def test_offline_hub_task_is_skipped_with_reason(tiny_model_dir, tmp_path, monke
     assert (task.status, task.source, task.lm_eval_task) == ("skipped", "hub", "gsm8k")
     assert task.reason.startswith("hub data unavailable")
     assert not (tmp_path / "eval" / "results.json").exists() and (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_bad_inputs_are_one_line_errors_before_any_work(tiny_model_dir, tmp_path, capsys):
+    """Each bad input is one line on stderr and exit status 2, found before the model loads, and
+    nothing is written."""
+    import shutil
+
+    from lmforge.cli import run
+
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")):
+            shutil.copy(f, no_weights / f.name)
+    good = _suite(tmp_path, "heldout_bpb")
+    suites = {
+        "malformed.yaml": "name: x\ntasks: [unclosed\n",
+        "list.yaml": "- a\n- b\n",
+        "typo-key.yaml": "name: x\ntasks:\n  - {name: t, local_task: lmforge_gsm8k, metirc: 'acc,none'}\n",
+        "typo-task.yaml": "name: x\ntasks:\n  - {name: t, source: local, local_task: lmforge_gsm8kk, metric: 'acc,none'}\n",
+        "no-tasks.yaml": "name: x\n",
+    }
+    for name, text in suites.items():
+        (tmp_path / name).write_text(text)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    model = ["--model", str(tiny_model_dir)]
+    cases = {
+        "model without weights": ["--model", str(no_weights), "--suite", good],
+        "model missing": ["--model", str(tmp_path / "nope"), "--suite", good],
+        "model is a file": ["--model", str(a_file), "--suite", good],
+        **{f"suite {n}": [*model, "--suite", str(tmp_path / n)] for n in suites},
+        "unknown suite": [*model, "--suite", "no-such-suite"],
+        "out is a foreign directory": [*model, "--suite", good, "--out", str(foreign)],
+        "out is a file": [*model, "--suite", good, "--out", str(a_file)],
+        "out under a file": [*model, "--suite", good, "--out", str(a_file / "eval")],
+    }
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, argv in cases.items():
+        argv = argv if "--out" in argv else [*argv, "--out", str(tmp_path / "eval-out")]
+        assert run("eval", main, argv) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if line.startswith("lmforge eval: error: ")]
+        assert len(errors) == 1 and "Traceback" not in "\n".join(err), (name, err)
+        assert not any(line.startswith("[eval] loading") for line in err), name  # nothing loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (foreign / "keep.txt").read_text() == "mine" and a_file.read_text() == "mine"
+
+
+def test_output_directory_is_replaced_whole(tiny_model_dir, heldout_parquet, tmp_path):
+    """A re-run replaces its own earlier output (marked as lmforge's) in one step."""
+    from lmforge.io import is_lmforge_output
+
+    suite = _suite(tmp_path, "heldout_bpb")
+    out = tmp_path / "eval"
+    cfg = dict(model_dir=str(tiny_model_dir), suite=suite, heldout_path=str(heldout_parquet),
+               out_dir=str(out), limit=2)
+    evaluate(EvalConfig(**cfg))
+    assert is_lmforge_output(out) and (out / "summary.json").is_file()
+    (out / "stale.txt").write_text("from the first run")
+    evaluate(EvalConfig(**cfg, log_samples=False))
+    assert not (out / "stale.txt").exists() and not (out / "samples").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".eval.")]
