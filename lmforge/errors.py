@@ -17,5 +17,10 @@ class OutputError(LmforgeError):
     """The destination cannot be written without destroying something lmforge did not make."""
 
 
-class MissingInput(LmforgeError, FileNotFoundError):
+class InputError(LmforgeError, ValueError):
+    """An input file that is not what the stage reads (wrong type, empty, wrong schema); also a
+    ValueError, for callers that caught that before."""
+
+
+class MissingInputError(LmforgeError, FileNotFoundError):
     """An input that is not there (also a FileNotFoundError, for callers that skip what is missing)."""

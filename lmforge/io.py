@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmforge.errors import LmforgeError, MissingInput, OutputError
+from lmforge.errors import LmforgeError, MissingInputError, OutputError
 
 # The columns every document table has; stages add their own (lang, lang_score, quality, ...).
 DOCUMENT_COLUMNS = ("id", "url", "text")
@@ -263,7 +263,7 @@ def open_parquet(file: str | os.PathLike) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(file)
     except FileNotFoundError:
-        raise MissingInput(f"no Parquet file at {file}") from None
+        raise MissingInputError(f"no Parquet file at {file}") from None
     except (pa.ArrowException, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LmforgeError(f"{file} is not a readable Parquet file ({first})") from None
@@ -306,7 +306,7 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
         return sorted(x for x in p.glob("*.parquet")
                       if not x.name.startswith(".") and not x.name.endswith(".removed.parquet"))
     if not p.exists():
-        raise MissingInput(f"no Parquet file or directory at {p}")
+        raise MissingInputError(f"no Parquet file or directory at {p}")
     return [p]
 
 

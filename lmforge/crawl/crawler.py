@@ -52,7 +52,8 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from lmforge.io import atomic_path
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
 
 FAILURES_FILE = "failures.jsonl"
 # Status codes worth asking again: the server may recover (RFC 9110 says so for 503 and 429).
@@ -379,24 +380,33 @@ def warc_files(out_dir: str | os.PathLike) -> list[Path]:
 def _load_stored(out_dir: Path) -> dict[str, _Stored]:
     stored: dict[str, _Stored] = {}
     for path in warc_files(out_dir):
-        with open(path, "rb") as fh:
-            for rec in ArchiveIterator(fh):
-                if rec.rec_type != "response" or rec.http_headers is None:
-                    continue
-                url = rec.rec_headers.get_header("WARC-Target-URI")
-                try:
-                    url = normalize_url(url or "")
-                    status = int(rec.http_headers.get_statuscode() or 0)
-                except ValueError:
-                    continue
-                if 300 <= status < 400:
-                    loc = rec.http_headers.get_header("Location")
-                    with contextlib.suppress(ValueError):
-                        stored[url] = _Stored([], normalize_url(urljoin(url, loc or "")))
-                elif 200 <= status < 300:
-                    ctype = rec.http_headers.get_header("Content-Type")
-                    stored[url] = _Stored(extract_links(rec.content_stream().read(), url, ctype))
+        try:
+            _load_stored_file(path, stored)
+        except Exception as e:  # warcio's ArchiveLoadFailed, zlib errors: a damaged file
+            detail = " ".join(str(e).split())[:200]
+            raise LmforgeError(f"cannot resume from {path}: {type(e).__name__}: {detail} "
+                               "(move the damaged WARC out of the crawl directory)") from None
     return stored
+
+
+def _load_stored_file(path: Path, stored: dict[str, _Stored]) -> None:
+    with open(path, "rb") as fh:
+        for rec in ArchiveIterator(fh):
+            if rec.rec_type != "response" or rec.http_headers is None:
+                continue
+            url = rec.rec_headers.get_header("WARC-Target-URI")
+            try:
+                url = normalize_url(url or "")
+                status = int(rec.http_headers.get_statuscode() or 0)
+            except ValueError:
+                continue
+            if 300 <= status < 400:
+                loc = rec.http_headers.get_header("Location")
+                with contextlib.suppress(ValueError):
+                    stored[url] = _Stored([], normalize_url(urljoin(url, loc or "")))
+            elif 200 <= status < 300:
+                ctype = rec.http_headers.get_header("Content-Type")
+                stored[url] = _Stored(extract_links(rec.content_stream().read(), url, ctype))
 
 
 class _WarcOut:
@@ -413,7 +423,8 @@ class _WarcOut:
     def _open(self) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self._final = self.out_dir / f"crawl-{stamp}-{secrets.token_hex(3)}.warc.gz"
-        self._tmp = self.out_dir / f".{self._final.name}.open"
+        # Named so that a later run's sweep removes it if this process is killed mid-file.
+        self._tmp = self.out_dir / f"{temp_name_prefix(self._final.name)}open.tmp"
         self._fh = open(self._tmp, "wb")
         self._writer = WARCWriter(self._fh, gzip=True)
         info = {"software": "lmforge crawler", "format": "WARC File Format 1.1",
@@ -786,8 +797,8 @@ async def crawl_async(cfg: CrawlConfig, out_dir: str | os.PathLike) -> CrawlStat
     """``crawl`` for callers already inside an event loop."""
     if not cfg.seeds:
         raise ValueError("CrawlConfig.seeds is empty: give at least one start URL")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written in place (resume reads it): a new, empty or lmforge-made directory only.
+    out = claim_output_dir(out_dir)
     stored = _load_stored(out)
     return await _Crawler(cfg, out, stored).run()
 
@@ -879,4 +890,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('crawl', main, sys.argv[1:]))

@@ -41,9 +41,11 @@ shorter than their Content-Length are retried with exponential backoff, from the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
 import re
@@ -62,7 +64,8 @@ from urllib.parse import unquote, urlsplit
 from warcio.archiveiterator import ArchiveIterator
 
 from lmforge.crawl.crawler import warc_files
-from lmforge.io import atomic_path
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
 
 MANIFEST_FILE = "imports.jsonl"
 FAILURES_FILE = "import_failures.jsonl"
@@ -246,17 +249,23 @@ def _head_size(url: str, timeout_s: float) -> int | None:
 # --------------------------------------------------------------------------- validation
 
 @dataclass
-class _Scan:
+class WarcScan:
     offsets: list[int] = field(default_factory=list)     # where each complete record starts
     responses: list[bool] = field(default_factory=list)  # whether each one is a response
     stop: int | None = None                               # where the first bad record starts
     error: ImportFailure | None = None
 
 
-def _scan(path: Path) -> _Scan:
-    """Read every record; stop at the first that is not WARC, is cut short or cannot be read."""
-    scan = _Scan()
-    with open(path, "rb") as fh:
+def scan_warc(path: str | os.PathLike) -> WarcScan:
+    """Read every record; stop at the first that is not WARC, is cut short or cannot be read.
+
+    ``error`` says what broke (``reason`` not_warc, truncated or corrupt) and ``offsets`` holds
+    the complete records before it. Only gzip is decompressed: no record is parsed, so this is a
+    fraction of the cost of extracting the pages."""
+    scan = WarcScan()
+    # warcio writes its own multi-line warnings to stderr for such files; the scan's result says
+    # what is wrong, once, where the caller reports it.
+    with open(path, "rb") as fh, contextlib.redirect_stderr(io.StringIO()):
         it = ArchiveIterator(fh, no_record_parse=True)  # the raw block, to count its bytes
         try:
             for rec in it:
@@ -270,7 +279,9 @@ def _scan(path: Path) -> _Scan:
                     return scan
                 if n != rec.length:
                     scan.stop, scan.error = offset, ImportFailure(
-                        "truncated", f"record at byte {offset} has {n} of its {rec.length} bytes")
+                        "truncated", f"record at byte {offset} has {n} of its {rec.length} bytes"
+                        if rec.length is not None else
+                        f"record at byte {offset} is cut off in its headers")
                     return scan
                 scan.offsets.append(offset)
                 scan.responses.append(rec.rec_type == "response")
@@ -281,6 +292,11 @@ def _scan(path: Path) -> _Scan:
                                        f"after {len(scan.offsets)} records: "
                                        f"{type(e).__name__}: {detail}")
     return scan
+
+
+def _temp_beside(raw: Path, tag: str) -> Path:
+    """Another temporary of the same import, named so the sweep attributes it too."""
+    return raw.with_name(f"{raw.name.removesuffix('.tmp')}-{tag}.tmp")
 
 
 def _gunzip(src: Path, dst: Path) -> bool:
@@ -297,20 +313,20 @@ def _gunzip(src: Path, dst: Path) -> bool:
         return False
 
 
-def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, _Scan, bool]:
+def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, WarcScan, bool]:
     """The fetched bytes as a per-record gzip WARC of complete records, checked record by record.
 
     Returns (file to rename into place, its records, whether it is a cut-down sample).
     """
     with open(raw, "rb") as fh:
         compressed = fh.read(2) == _GZIP_MAGIC
-    src, scan = raw, _scan(raw)
+    src, scan = raw, scan_warc(raw)
     if compressed and scan.error is not None and scan.error.reason != "truncated":
         # One gzip member around all records (``gzip file.warc``): warcio refuses it, so
         # extract would too. Unpack it and compress it again record by record.
-        plain = raw.with_name(raw.name + ".plain")
+        plain = _temp_beside(raw, "plain")
         if _gunzip(raw, plain):
-            pscan = _scan(plain)
+            pscan = scan_warc(plain)
             if pscan.offsets and (pscan.error is None or capped):
                 src, scan, compressed = plain, pscan, False
     end = src.stat().st_size
@@ -321,7 +337,7 @@ def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, _S
             raise ImportFailure("too_large", f"max_bytes={max_bytes} does not hold one "
                                 "complete record; raise it")
         end = scan.offsets[keep] if keep < len(scan.offsets) else scan.stop
-        scan = _Scan(scan.offsets[:keep], scan.responses[:keep])
+        scan = WarcScan(scan.offsets[:keep], scan.responses[:keep])
     elif scan.error is not None:
         raise scan.error
     if not scan.offsets:
@@ -331,7 +347,7 @@ def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, _S
             with open(src, "r+b") as fh:
                 fh.truncate(end)
         return src, scan, capped
-    packed = raw.with_name(raw.name + ".gz")
+    packed = _temp_beside(raw, "gz")
     _gzip_records(src, packed, scan.offsets, end)
     return packed, scan, capped
 
@@ -407,7 +423,7 @@ def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
         else:
             same = _head_size(src.url, timeout_s) == final.stat().st_size
         if same and max_bytes is None:
-            scan = _scan(final)
+            scan = scan_warc(final)
             if scan.error is None and scan.offsets:
                 manifest[src.key] = _entry(src, final, scan, truncated=False)
                 _write_manifest(out, manifest)
@@ -415,8 +431,10 @@ def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
                 return final
         final = out / _disambiguated(name, src.key)
 
-    raw = out / f".{final.name}.{os.getpid()}.part"
-    temps = [raw, raw.with_name(raw.name + ".plain"), raw.with_name(raw.name + ".gz")]
+    # Named so that a later run's sweep removes it (and the .plain / .gz beside it) if this
+    # process is killed mid-copy.
+    raw = out / f"{temp_name_prefix(final.name)}part.tmp"
+    temps = [raw, _temp_beside(raw, "plain"), _temp_beside(raw, "gz")]
     try:
         with open(raw, "wb") as fh:
             if src.url is not None:
@@ -441,7 +459,7 @@ def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
     return final
 
 
-def _entry(src: _Source, path: Path, scan: _Scan, *, truncated: bool,
+def _entry(src: _Source, path: Path, scan: WarcScan, *, truncated: bool,
            name: str | None = None) -> dict[str, Any]:
     return {
         "source": src.key, "file": name or path.name, "bytes": path.stat().st_size,
@@ -464,8 +482,8 @@ def import_warcs(sources: list[str], out_dir: str | os.PathLike, *, timeout_s: f
         raise ValueError("no WARC sources given")
     if max_bytes is not None and max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written in place (resume reads it): a new, empty or lmforge-made directory only.
+    out = claim_output_dir(out_dir)
     stats = WarcImportStats(manifest_path=str(out / MANIFEST_FILE),
                             failures_path=str(out / FAILURES_FILE))
     manifest = read_manifest(out)
@@ -529,12 +547,13 @@ def run_cli(sources: list[str], out: str, *, retries: int, max_bytes: int | None
     try:
         stats = import_warcs(sources, out, timeout_s=timeout_s, max_bytes=max_bytes,
                              retries=retries)
-    except ValueError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+    except (LmforgeError, ValueError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(stats.to_metadata(), indent=2))
     return 1 if stats.failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('warc-source', main, sys.argv[1:]))

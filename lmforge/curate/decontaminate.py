@@ -61,7 +61,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from lmforge.curate.text import extend_schema, input_schema, open_sinks
+from lmforge.curate.text import (InputError, MissingInputError, check_outputs, config_error,
+                                 extend_schema, input_schema, open_sinks)
+from lmforge.errors import LmforgeError
 from lmforge.io import read_parquet_rows, removed_path_for
 from lmforge.paths import benchmarks_dir as default_benchmarks_dir
 from lmforge.paths import package_file
@@ -286,7 +288,7 @@ def mmlu_items(root: Path | None) -> list[str]:
                 if line == 1 and [c.strip().lower() for c in row] == _MMLU_HEADER:
                     continue
                 if len(row) != 6 or row[5].strip() not in _MMLU_ANSWERS:
-                    raise ValueError(f"{path}:{line}: not an MMLU row (question, 4 choices, "
+                    raise InputError(f"{path}:{line}: not an MMLU row (question, 4 choices, "
                                      f"answer 0-3 or A-D): {row[:6]!r}")
                 items.extend(row[:5])
     return items
@@ -309,7 +311,7 @@ def gsm8k_items(root: Path | None) -> list[str]:
                 row = json.loads(text)
                 question, answer = row["question"], row["answer"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line}: not a GSM8K row with question and answer ({e})")
+                raise InputError(f"{path}:{line}: not a GSM8K row with question and answer ({e})")
             items += [question, answer] if answer == _CALC.sub("", answer) else [
                 question, answer, _CALC.sub("", answer)]
     return items
@@ -332,7 +334,7 @@ def humaneval_items(path: str | Path | None) -> list[str]:
                 row = json.loads(text)
                 items += [row["prompt"] + row["canonical_solution"], row["test"]]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line}: not a HumanEval problem ({e})")
+                raise InputError(f"{path}:{line}: not a HumanEval problem ({e})")
     return items
 
 
@@ -424,9 +426,15 @@ def build_indexes(cfg: DecontamConfig) -> tuple[list[BenchmarkIndex], dict[str, 
     for name in cfg.benchmarks:
         try:
             items = benchmark_items(name, cfg)
+        except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+            # A damaged or misplaced file (a directory, bad gzip, not UTF-8): a mistake to fix,
+            # not a benchmark to skip.
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            raise InputError(f"benchmark {name}: cannot read its data{where}: {detail}") from None
         except BenchmarkUnavailable as e:
             if cfg.strict:
-                raise FileNotFoundError(f"benchmark {name} unavailable: {e}") from None
+                raise MissingInputError(f"benchmark {name} unavailable: {e}") from None
             skipped[name] = str(e)
             print(f"decontaminate: skipping {name}: {e}", file=sys.stderr)
             continue
@@ -493,6 +501,7 @@ def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = 
     ``reason="contaminated"``, ``benchmark``, ``matched_ngram`` and ``ngram_matches``."""
     cfg = cfg or DecontamConfig()
     t0 = time.perf_counter()
+    check_outputs(out_path, removed_path, inputs=(in_path,))
     schema = input_schema(in_path)
     removed_schema = extend_schema(schema, [("reason", pa.string()), ("benchmark", pa.string()),
                                             ("matched_ngram", pa.string()),
@@ -573,10 +582,9 @@ def main(argv: list[str] | None = None) -> int:
                              strip_punctuation=not args.keep_punctuation, strict=args.strict)
         stats = decontaminate(args.input, args.output, removed, cfg)
     except ValidationError as e:
-        why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        print(f"lmforge decontaminate: error: {why}", file=sys.stderr)
+        print(f"lmforge decontaminate: error: {config_error(e)}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (LmforgeError, FileNotFoundError, ValueError) as e:
         print(f"lmforge decontaminate: error: {e}", file=sys.stderr)
         return 2
     m = stats.to_metadata()
@@ -590,4 +598,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('decontaminate', main, sys.argv[1:]))

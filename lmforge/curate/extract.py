@@ -9,6 +9,14 @@ Columns of ``out_path``: ``id`` (first 16 hex digits of the SHA-1 of the normali
 same page has the same id in every run), ``url``, ``title``, ``fetch_time`` (ISO 8601, the WARC
 date), ``text``.
 
+Bad archives. Every WARC file is checked record by record before any page is extracted (a pass
+that only decompresses: every record must be a WARC record with all the bytes its
+``Content-Length`` promises; warcio alone reads a cut-off file as a shorter last record and a text
+file as no records, without an error). A file that is not a WARC, is cut short or damaged stops
+the stage with an error naming it and how many records were read before the break, and nothing is
+written (``on_bad_archive="fail"``, the default); ``on_bad_archive="skip"`` leaves such a file
+out, warns on stderr, and counts it in the stats (``bad_archives``, ``bad_archive_files``).
+
 Nothing is dropped silently. Every response that does not become a document goes to the sibling
 ``removed_path_for(out_path)`` (``docs.parquet`` -> ``docs.removed.parquet``) with a ``reason``:
 ``not_html``, ``binary_content``, ``invalid_encoding``, ``empty``, ``extract_error``,
@@ -44,6 +52,9 @@ from pydantic import BaseModel, Field
 from warcio.archiveiterator import ArchiveIterator
 
 from lmforge.crawl.crawler import decode_html, looks_like_html, normalize_url, warc_files
+from lmforge.crawl.warc_source import scan_warc
+from lmforge.curate.text import InputError, MissingInputError, check_outputs, config_error
+from lmforge.errors import LmforgeError
 from lmforge.io import removed_path_for, write_parquet
 
 DOCUMENT_SCHEMA = pa.schema([
@@ -83,6 +94,10 @@ class ExtractConfig(BaseModel):
         0.01, ge=0, le=1, description="share of undecodable bytes above which a page is "
         "removed as invalid_encoding (a stray bad byte is tolerated)")
     min_chars: int = Field(1, ge=1, description="pages with less extracted text are 'empty'")
+    on_bad_archive: Literal["fail", "skip"] = Field(
+        "fail", description="a WARC file that is not a WARC, is cut short or damaged: 'fail' stops "
+        "with an error naming it (nothing is written); 'skip' leaves the file out, warns and "
+        "counts it in the stats (bad_archives)")
 
 
 @dataclass
@@ -95,6 +110,7 @@ class ExtractStats:
     truncated: int = 0            # documents whose HTML the crawler cut at its size cap
     removed_by_reason: dict[str, int] = field(default_factory=dict)
     warc_errors: list[str] = field(default_factory=list)   # unreadable (parts of) WARC files
+    bad_archive_files: list[str] = field(default_factory=list)  # skipped: "path: what is wrong"
     html_bytes: int = 0
     text_chars: int = 0
     elapsed_s: float = 0.0
@@ -118,6 +134,8 @@ class ExtractStats:
             "removed_by_reason": dict(sorted(self.removed_by_reason.items())),
             "keep_rate": round(self.documents / self.responses, 4) if self.responses else 0.0,
             "warc_errors": list(self.warc_errors),
+            "bad_archives": len(self.bad_archive_files),
+            "bad_archive_files": list(self.bad_archive_files),
             "html_mb": round(self.html_bytes / 1e6, 3),
             "text_mb": round(self.text_chars / 1e6, 3),
             "elapsed_s": round(self.elapsed_s, 3),
@@ -214,6 +232,8 @@ def _rows(paths: list[Path], cfg: ExtractConfig, stats: ExtractStats,
             with open(path, "rb") as fh:
                 for rec in ArchiveIterator(fh):
                     stats.records += 1
+                    if rec.format != "warc":
+                        raise ValueError("a record that is not a WARC record")
                     if rec.rec_type != "response" or rec.http_headers is None:
                         continue
                     try:
@@ -241,10 +261,13 @@ def _rows(paths: list[Path], cfg: ExtractConfig, stats: ExtractStats,
                     stats.truncated += rec.rec_headers.get_header("WARC-Truncated") is not None
                     stats.text_chars += len(doc["text"])
                     yield doc
-        except Exception as e:  # a corrupt or cut-off WARC: keep what was read, say what broke
-            msg = f"{path}: {type(e).__name__}: {e}"
+        except Exception as e:  # changed since it was checked: fail, or keep what was read
+            detail = " ".join(str(e).split())[:300]
+            msg = f"{path}: {type(e).__name__}: {detail}"
+            if cfg.on_bad_archive == "fail":
+                raise InputError(f"WARC file {msg}") from None
             stats.warc_errors.append(msg[:500])
-            print(f"extract: {msg}", file=sys.stderr)
+            print(f"lmforge extract: warning: {msg}", file=sys.stderr)
 
 
 def _document(row: dict[str, Any], body: bytes, ctype: str, cfg: ExtractConfig,
@@ -279,17 +302,62 @@ def resolve_warc_paths(warc_paths: str | os.PathLike | Iterable[str | os.PathLik
     """Files as given; directories expand to their ``*.warc.gz`` / ``*.warc`` files."""
     if isinstance(warc_paths, (str, os.PathLike)):
         warc_paths = [warc_paths]
+    warc_paths = list(warc_paths)
     out: list[Path] = []
     for p in map(Path, warc_paths):
         if p.is_dir():
             out.extend(warc_files(p))
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise InputError(f"{p} is not a regular file or a directory of WARC files")
         else:
-            raise FileNotFoundError(f"no WARC file or directory at {p}")
+            raise MissingInputError(f"no WARC file or directory at {p}")
     if not out:
-        raise FileNotFoundError(f"no WARC files in {', '.join(map(str, warc_paths))}")
+        raise MissingInputError(f"no WARC files (*.warc.gz, *.warc) in "
+                                f"{', '.join(map(str, warc_paths))}")
     return out
+
+
+def archive_problem(path: Path) -> str | None:
+    """What is wrong with the WARC file ``path`` (None when every record is complete)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    if size == 0:
+        return "is empty, not a WARC file"
+    try:
+        scan = scan_warc(path)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    n = len(scan.offsets)
+    if scan.error is not None:
+        detail = scan.error.detail.removeprefix("after 0 records: ")[:160]
+        if scan.error.reason == "not_warc" and n == 0:
+            return f"is not a WARC file ({detail})"
+        what = "is cut short" if scan.error.reason == "truncated" else "is damaged"
+        return f"{what} ({detail}); {n} complete record{'s' * (n != 1)} read before the break"
+    if n == 0:
+        return "holds no WARC records: not a WARC file, or cut off before its first record"
+    return None
+
+
+def check_archives(paths: list[Path], cfg: ExtractConfig, stats: ExtractStats) -> list[Path]:
+    """The WARC files to extract: every file is checked first; a bad one fails the stage, or with
+    ``on_bad_archive="skip"`` is left out, counted and warned about."""
+    good: list[Path] = []
+    for path in paths:
+        problem = archive_problem(path)
+        if problem is None:
+            good.append(path)
+            continue
+        if cfg.on_bad_archive == "fail":
+            raise InputError(f"WARC file {path} {problem} (on_bad_archive='skip' / "
+                             "--on-bad-archive skip leaves such files out)")
+        stats.bad_archive_files.append(f"{path}: {problem}"[:500])
+        print(f"lmforge extract: warning: skipping WARC file {path}: it {problem}", file=sys.stderr)
+    return good
 
 
 def extract(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
@@ -301,15 +369,18 @@ def extract(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
         try:
             import resiliparse  # noqa: F401  (fail before reading anything)
         except ImportError as e:
-            raise RuntimeError("extractor 'resiliparse' needs `pip install resiliparse`; or use "
+            raise LmforgeError("extractor 'resiliparse' needs `pip install resiliparse`; or use "
                                "extractor='trafilatura'") from e
+    rpath = removed_path_for(out_path)
     paths = resolve_warc_paths(warc_paths)
+    check_outputs(out_path, rpath, inputs=tuple(paths))
     stats = ExtractStats(extractor=cfg.extractor + (" (main_content)" if cfg.main_content and
                                                     cfg.extractor == "resiliparse" else ""))
-    removed: list[dict[str, Any]] = []
     start = time.monotonic()
+    paths = check_archives(paths, cfg, stats)
+    stats.warc_files += len(stats.bad_archive_files)
+    removed: list[dict[str, Any]] = []
     write_parquet(out_path, _rows(paths, cfg, stats, removed), schema=DOCUMENT_SCHEMA)
-    rpath = removed_path_for(out_path)
     write_parquet(rpath, removed, schema=REMOVED_SCHEMA)
     stats.elapsed_s = time.monotonic() - start
     stats.out_path, stats.removed_path = str(out_path), str(rpath)
@@ -335,25 +406,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-favor-recall", action="store_true", help="trafilatura: favor precision")
     p.add_argument("--max-invalid-fraction", type=float, default=d.max_invalid_fraction,
                    help="share of undecodable bytes that removes a page (default: %(default)s)")
+    p.add_argument("--on-bad-archive", choices=["fail", "skip"], default=d.on_bad_archive,
+                   help="a WARC file that is not a WARC, cut short or damaged: fail with an error "
+                   "(nothing written), or skip it with a warning (default: %(default)s)")
     args = p.parse_args(argv)
     try:
-        cfg = ExtractConfig(extractor=args.extractor, main_content=args.main_content,
-                            favor_recall=not args.no_favor_recall,
-                            max_invalid_fraction=args.max_invalid_fraction,
-                            **({"skip_selectors": args.skip_selector} if args.skip_selector else {}))
-        paths = resolve_warc_paths(args.inputs)
-    except (ValueError, FileNotFoundError) as e:
-        msg = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
-        print(f"lmforge extract: {msg}", file=sys.stderr)
-        return 2
-    try:
-        stats = extract(paths, args.out, cfg)
-    except RuntimeError as e:
-        print(f"lmforge extract: {e}", file=sys.stderr)
+        try:
+            cfg = ExtractConfig(extractor=args.extractor, main_content=args.main_content,
+                                favor_recall=not args.no_favor_recall,
+                                max_invalid_fraction=args.max_invalid_fraction,
+                                on_bad_archive=args.on_bad_archive,
+                                **({"skip_selectors": args.skip_selector} if args.skip_selector
+                                   else {}))
+        except ValueError as e:  # pydantic's ValidationError: name the field
+            raise InputError(config_error(e)) from None
+        stats = extract(args.inputs, args.out, cfg)
+    except LmforgeError as e:
+        print(f"lmforge extract: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(stats.to_metadata(), indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('extract', main, sys.argv[1:]))

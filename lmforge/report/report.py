@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.io import atomic_path, count_rows
+from lmforge.errors import LmforgeError
+from lmforge.errors import MissingInputError
+from lmforge.io import atomic_path, check_output, count_rows
 
 
 @dataclass
@@ -66,11 +68,38 @@ class ReportStats:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise LmforgeError(f"{path}:{lineno}: not JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise LmforgeError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append(row)
+    return rows
 
 
 def _read_summary(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(_read_text(path))
+    except ValueError as e:
+        raise LmforgeError(f"{path}: not JSON ({e})") from None
+    if not isinstance(summary, dict):
+        raise LmforgeError(f"{path}: expected a JSON object")
+    return summary
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise LmforgeError(f"{path} is a directory; expected a file") from None
+    except UnicodeDecodeError:
+        raise LmforgeError(f"{path}: not UTF-8 text") from None
 
 
 def _fmt(x) -> str:
@@ -107,7 +136,7 @@ def _plot_losses(curves: dict[str, list[dict]], out_png: Path) -> bool:
 
 def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
     """Write ``report.md`` and ``loss_curves.png`` into ``out_dir`` (atomically, as one directory)."""
-    out_dir = Path(out_dir)
+    out_dir = check_output(out_dir, "dir")  # refused before anything is read
     lines = ["# lmforge run report", ""]
 
     lines += ["## Data funnel", "", "| stage | documents | kept of previous |", "| --- | ---: | ---: |"]
@@ -117,7 +146,11 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
         if not Path(path).exists():
             lines.append(f"| {stage} | missing | |")
             continue
-        n = count_rows(path)
+        try:
+            n = count_rows(path)
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise LmforgeError(f"{path}: not readable Parquet documents "
+                               f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
         funnel[stage] = n
         share = f"{n / previous:.1%}" if previous else ""
         lines.append(f"| {stage} | {n} | {share} |")
@@ -125,7 +158,11 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
     lines.append("")
 
     if inputs.tokenizer_dir and (Path(inputs.tokenizer_dir) / "tokenizer.json").exists():
-        vocab = json.loads((Path(inputs.tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+        tok_file = Path(inputs.tokenizer_dir) / "tokenizer.json"
+        try:
+            vocab = json.loads(_read_text(tok_file))["model"]["vocab"]
+        except (ValueError, KeyError, TypeError):
+            raise LmforgeError(f"{tok_file}: not a tokenizer file (no model.vocab)") from None
         lines += ["## Tokenizer", "", f"Byte-level BPE with a vocabulary of {len(vocab)} tokens "
                   "(special tokens included).", ""]
 
@@ -182,7 +219,7 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
         lines.append("No evaluation results.")
     lines.append("")
 
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, "dir") as tmp:
         tmp.mkdir(parents=True)
         if _plot_losses(curves, tmp / "loss_curves.png"):
             lines[lines.index("## Training") + 1:lines.index("## Training") + 1] = [
@@ -203,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.artifacts)
     if not root.is_dir():
-        print(f"lmforge report: no artifact directory at {root}", file=sys.stderr)
-        return 2
+        raise MissingInputError(f"no artifact directory at {root}")
     stats = write_report(ReportInputs.from_artifacts(root),
                          Path(args.out) if args.out else root / "pipeline_report")
     print(stats.path)
@@ -212,4 +248,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('report', main, sys.argv[1:]))

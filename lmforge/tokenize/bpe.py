@@ -43,7 +43,9 @@ from typing import Iterator
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from lmforge.io import atomic_path, parquet_files
+from lmforge.curate.text import InputError, input_schema
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, check_output, parquet_files
 
 # The special tokens, importable by the training and evaluation modules.
 BOS_TOKEN = "<|endoftext|>"
@@ -187,6 +189,10 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
     from tokenizers import pre_tokenizers, trainers
 
     cfg = cfg or TokenizerConfig()
+    # Refused before the training: an output over a directory lmforge did not make (its files
+    # would be lost), a read-only place, an input that is not a document table.
+    check_output(out_dir, "dir")
+    input_schema(docs_path, required=("id", "text"))
     held = heldout_ids(docs_path, cfg.heldout_fraction, cfg.seed)
     counts = {"docs": 0, "chars": 0}
 
@@ -212,7 +218,7 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
     tok.train_from_iterator(training_text(), trainer=trainer)
     seconds = time.perf_counter() - t0
     if counts["docs"] == 0:
-        raise ValueError(f"{docs_path}: no non-empty training text")
+        raise InputError(f"{docs_path}: no non-empty training text")
     for i, s in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(s) == i, f"special token {s} has id {tok.token_to_id(s)}, expected {i}"
 
@@ -229,7 +235,7 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
             break
 
     fast = _wrap_fast(tok, cfg)
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, "dir") as tmp:
         fast.save_pretrained(str(tmp))
         _make_config_portable(tmp)
         (tmp / "training_stats.json").write_text(json.dumps({
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                               heldout_fraction=args.heldout_fraction, seed=args.seed,
                               max_train_chars=args.max_train_chars)
         stats = train_tokenizer(args.docs, args.out_dir, cfg)
-    except (ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError
+    except (LmforgeError, ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError
         print(f"lmforge train-tokenizer: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(f"tokenizer: vocab {stats.vocab_size}, {stats.bytes_per_token:.2f} bytes/token, "
@@ -323,4 +329,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('train-tokenizer', main, sys.argv[1:]))

@@ -38,7 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from lmforge.io import atomic_path, parquet_files
+from lmforge.curate.text import InputError, MissingInputError, input_schema
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, check_output, parquet_files
 from lmforge.tokenize.bpe import EOS_TOKEN, error_line, heldout_ids
 
 SPLITS = ("train", "val")
@@ -90,18 +92,30 @@ def _load_fast_tokenizer(tokenizer_dir: Path):
     """The raw ``tokenizers.Tokenizer`` from ``tokenizer.json`` and its eos id."""
     from tokenizers import Tokenizer
 
+    if not tokenizer_dir.is_dir():
+        raise MissingInputError(f"no tokenizer directory at {tokenizer_dir}")
     path = tokenizer_dir / "tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {tokenizer_dir}")
-    tok = Tokenizer.from_file(str(path))
+        raise MissingInputError(f"no tokenizer.json in {tokenizer_dir}")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises its own Exception type for a malformed file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"{path} is not a tokenizer file: {first}") from None
     eos = EOS_TOKEN
     config = tokenizer_dir / "tokenizer_config.json"
     if config.is_file():  # a tokenizer trained elsewhere may name its eos differently
-        eos_entry = json.loads(config.read_text()).get("eos_token", EOS_TOKEN)
+        try:
+            settings = json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{config}: not JSON ({e})") from None
+        if not isinstance(settings, dict):
+            raise InputError(f"{config}: expected a JSON object of settings")
+        eos_entry = settings.get("eos_token", EOS_TOKEN)
         eos = eos_entry.get("content", EOS_TOKEN) if isinstance(eos_entry, dict) else eos_entry
-    eos_id = tok.token_to_id(eos)
+    eos_id = tok.token_to_id(eos) if isinstance(eos, str) else None
     if eos_id is None:
-        raise ValueError(f"{path}: eos token {eos!r} is not in the vocabulary")
+        raise InputError(f"{path}: eos token {eos!r} is not in the vocabulary")
     tok.encode_special_tokens = True  # document text cannot produce special-token ids
     return tok, eos_id
 
@@ -110,6 +124,10 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
                        out_dir: str | os.PathLike, cfg: ShardConfig | None = None) -> ShardStats:
     """Tokenize ``docs_path`` (Parquet: id, url, text) into ``out_dir`` (see the module doc)."""
     cfg = cfg or ShardConfig()
+    # Refused before any tokenizing: an output over a directory lmforge did not make (its files
+    # would be lost), a read-only place, an input that is not a document table.
+    check_output(out_dir, "dir")
+    input_schema(docs_path, required=("id", "text"))
     tokenizer_dir = Path(tokenizer_dir).resolve()
     tok, eos_id = _load_fast_tokenizer(tokenizer_dir)
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -121,7 +139,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
     docs = {s: 0 for s in SPLITS}
     n_bytes = skipped = 0
     t0 = time.perf_counter()
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_dir, "dir") as tmp:
         tmp.mkdir()
         last_report = t0
         # val.parquet is streamed too: 5 % of a large corpus is still too much text to hold.
@@ -165,7 +183,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
                         print(f"tokenize: {docs['train'] + docs['val']} docs, {total} tokens, "
                               f"{total / (last_report - t0):,.0f} tokens/s", file=sys.stderr)
         if docs["train"] + docs["val"] == 0:
-            raise ValueError(f"{docs_path}: no document with non-empty text")
+            raise InputError(f"{docs_path}: no document with non-empty text")
         seconds = time.perf_counter() - t0
         tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
         for split in SPLITS:
@@ -230,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = ShardConfig(val_fraction=args.val_fraction, seed=args.seed, batch_rows=args.batch_rows)
         stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir, cfg)
-    except (ValueError, OSError) as e:
+    except (LmforgeError, ValueError, OSError) as e:
         print(f"lmforge tokenize: error: {error_line(e)}", file=sys.stderr)
         return 2
     print(f"tokens: train {stats.train_tokens} ({stats.train_documents} docs), val {stats.val_tokens} "
@@ -241,4 +259,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('tokenize', main, sys.argv[1:]))

@@ -53,7 +53,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
-from lmforge.io import atomic_path, read_parquet_rows
+from lmforge.curate.text import InputError, check_input_file, input_schema
+from lmforge.errors import LmforgeError
+from lmforge.io import atomic_path, check_output, read_parquet_rows
 
 ROLES = ("system", "user", "assistant")
 
@@ -92,9 +94,15 @@ def validate_conversation(messages: Any) -> None:
         raise ValueError("the last turn must be the assistant's")
 
 
+class NoConversations(InputError):
+    """The source gave no conversation at all: nothing is written (an earlier output stays)."""
+
+
 def _write_conversations(out_path: str | os.PathLike, examples: Iterable[tuple[str, list[dict]]],
-                         stats: SFTDataStats) -> SFTDataStats:
-    """Validate and write (task, messages) pairs as JSONL, atomically; fill in the stats."""
+                         stats: SFTDataStats, require_examples: bool = False) -> SFTDataStats:
+    """Validate and write (task, messages) pairs as JSONL, atomically; fill in the stats. With
+    ``require_examples``, a source that gives none raises :class:`NoConversations` and leaves
+    ``out_path`` as it was."""
     n = turns = chars = assistant_chars = 0
     with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for task, messages in examples:
@@ -105,6 +113,9 @@ def _write_conversations(out_path: str | os.PathLike, examples: Iterable[tuple[s
             chars += sum(len(m["content"]) for m in messages)
             assistant_chars += sum(len(m["content"]) for m in messages if m["role"] == "assistant")
             stats.by_task[task] = stats.by_task.get(task, 0) + 1
+        if require_examples and n == 0:
+            raise NoConversations(f"{stats.source}: gave no conversations "
+                                  f"(skipped: {stats.skipped or 'none'})")
     stats.examples = n
     stats.mean_turns = round(turns / max(n, 1), 3)
     stats.mean_chars = round(chars / max(n, 1), 1)
@@ -116,7 +127,7 @@ def read_conversations(path: str | os.PathLike,
                        validate: Callable[[Any], None] = validate_conversation) -> Iterator[list[dict]]:
     """The ``messages`` of each row of a chat JSONL file, each checked by ``validate`` (which
     raises ValueError)."""
-    with open(path, encoding="utf-8") as f:
+    with open(check_input_file(path, "chat JSONL file", allow_empty=True), encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -124,13 +135,15 @@ def read_conversations(path: str | os.PathLike,
                 messages = json.loads(line)["messages"]
                 validate(messages)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{lineno}: not a chat row: {e}") from None
+                raise InputError(f"{path}:{lineno}: not a chat row: {e}") from None
             yield messages
 
 
 def sft_data_from_jsonl(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
-                        limit: int | None = None) -> SFTDataStats:
+                        limit: int | None = None, require_examples: bool = False) -> SFTDataStats:
     """A chat JSONL file -> chat JSONL: the first ``limit`` rows, each validated."""
+    check_output(out_path)
+    check_input_file(jsonl_path, "chat JSONL file", allow_empty=True)
     stats = SFTDataStats(source=f"jsonl:{jsonl_path}", out_path=str(out_path))
 
     def examples() -> Iterator[tuple[str, list[dict]]]:
@@ -140,7 +153,7 @@ def sft_data_from_jsonl(jsonl_path: str | os.PathLike, out_path: str | os.PathLi
             stats.rows_read += 1
             yield "jsonl", messages
 
-    return _write_conversations(out_path, examples(), stats)
+    return _write_conversations(out_path, examples(), stats, require_examples)
 
 
 # --- GSM8K-format question/answer ----------------------------------------------------------------
@@ -164,8 +177,11 @@ def qa_to_messages(question: str, answer: str, strip_calculator: bool = True) ->
 
 
 def sft_data_from_qa(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
-                     limit: int | None = None, strip_calculator: bool = True) -> SFTDataStats:
+                     limit: int | None = None, strip_calculator: bool = True,
+                     require_examples: bool = False) -> SFTDataStats:
     """GSM8K-format JSONL (``question``, ``answer`` with a ``#### N`` line) -> chat JSONL."""
+    check_output(out_path)
+    check_input_file(jsonl_path, "question/answer JSONL file", allow_empty=True)
     stats = SFTDataStats(source=f"qa:{jsonl_path}", out_path=str(out_path))
 
     def examples() -> Iterator[tuple[str, list[dict]]]:
@@ -181,16 +197,17 @@ def sft_data_from_qa(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
                     row = json.loads(line)
                     messages = qa_to_messages(row["question"], row["answer"], strip_calculator)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{jsonl_path}:{lineno}: invalid JSON ({e})") from None
+                    raise InputError(f"{jsonl_path}:{lineno}: invalid JSON ({e})") from None
                 except (KeyError, TypeError, AttributeError):
-                    raise ValueError(f"{jsonl_path}:{lineno}: expected keys 'question' and 'answer'") from None
+                    raise InputError(f"{jsonl_path}:{lineno}: expected an object with string "
+                                     "'question' and 'answer'") from None
                 except ValueError:
                     stats.skipped["no_final_answer"] = stats.skipped.get("no_final_answer", 0) + 1
                     continue
                 n += 1
                 yield "gsm8k", messages
 
-    return _write_conversations(out_path, examples(), stats)
+    return _write_conversations(out_path, examples(), stats, require_examples)
 
 
 # --- instruction data derived from the crawled pydoc pages ---------------------------------------
@@ -427,7 +444,8 @@ DOCUMENT_KINDS = ("module_summary", "signature", "function_purpose", "classes", 
 def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.PathLike,
                             max_examples: int = 2000, seed: int = 0,
                             max_per_page: int = 3,
-                            kinds: Iterable[str] | None = None) -> SFTDataStats:
+                            kinds: Iterable[str] | None = None,
+                            require_examples: bool = False) -> SFTDataStats:
     """Instruction data derived from crawled pydoc pages (see the module doc) -> chat JSONL."""
     if max_examples < 1:
         raise ValueError("max_examples must be >= 1")
@@ -436,12 +454,12 @@ def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.Pat
     if unknown or not wanted:
         raise ValueError(f"unknown example kinds {sorted(unknown)}; known: {', '.join(DOCUMENT_KINDS)}"
                          if unknown else "kinds must name at least one example kind")
+    check_output(out_path)
+    input_schema(docs_path, required=("text",))
     stats = SFTDataStats(source=f"documents:{docs_path}", out_path=str(out_path))
     candidates: list[tuple[str, list[dict]]] = []
     for doc in read_parquet_rows(docs_path, columns=None):
         stats.rows_read += 1
-        if "text" not in doc:
-            raise ValueError(f"{docs_path}: no 'text' column")
         # One generator per page, seeded by the page, so adding a page changes no other example.
         rng = random.Random(f"{seed}:{doc.get('id') or doc.get('url')}")
         examples = [e for e in document_examples(doc, rng, max_per_page) if e[0] in wanted]
@@ -452,7 +470,7 @@ def sft_data_from_documents(docs_path: str | os.PathLike, out_path: str | os.Pat
     random.Random(seed).shuffle(candidates)
     if len(candidates) > max_examples:
         stats.skipped["over_max_examples"] = len(candidates) - max_examples
-    return _write_conversations(out_path, candidates[:max_examples], stats)
+    return _write_conversations(out_path, candidates[:max_examples], stats, require_examples)
 
 
 # --- any data set on the Hugging Face Hub (online) -----------------------------------------------
@@ -475,8 +493,10 @@ def _row_to_messages(row: dict, messages_field: str) -> list[dict]:
 
 def sft_data_from_hub(name: str, out_path: str | os.PathLike, split: str = "train",
                       config: str | None = None, limit: int | None = None,
-                      messages_field: str = "messages") -> SFTDataStats:
+                      messages_field: str = "messages", require_examples: bool = False
+                      ) -> SFTDataStats:
     """A Hugging Face Hub data set -> chat JSONL. Needs network (or the data set in the HF cache)."""
+    check_output(out_path)
     try:
         from datasets import load_dataset
 
@@ -501,7 +521,7 @@ def sft_data_from_hub(name: str, out_path: str | os.PathLike, split: str = "trai
                 continue
             yield "hub", messages
 
-    return _write_conversations(out_path, examples(), stats)
+    return _write_conversations(out_path, examples(), stats, require_examples)
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -525,14 +545,16 @@ def main(argv: list[str] | None = None) -> int:
         print("lmforge sft-data: error: --limit must be >= 1", file=sys.stderr)
         return 2
     try:
+        # A file of no conversations trains nothing: an error, and an earlier output stays.
         if args.from_docs:
             stats = sft_data_from_documents(args.from_docs, args.out, args.limit or 2000, args.seed,
-                                            kinds=args.kinds)
+                                            kinds=args.kinds, require_examples=True)
         elif args.from_qa:
-            stats = sft_data_from_qa(args.from_qa, args.out, args.limit)
+            stats = sft_data_from_qa(args.from_qa, args.out, args.limit, require_examples=True)
         else:
-            stats = sft_data_from_hub(args.from_hub, args.out, args.split, limit=args.limit)
-    except (ValueError, OSError, RuntimeError) as e:
+            stats = sft_data_from_hub(args.from_hub, args.out, args.split, limit=args.limit,
+                                      require_examples=True)
+    except (LmforgeError, ValueError, OSError, RuntimeError) as e:
         print(f"lmforge sft-data: error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return 2
     print(f"sft-data: {stats.examples} conversations, {stats.mean_turns} turns and "
@@ -542,4 +564,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('sft-data', main, sys.argv[1:]))

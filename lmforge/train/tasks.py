@@ -23,19 +23,27 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmforge.curate.text import InputError, config_error
+from lmforge.errors import LmforgeError
 
 from lmforge.paths import REPO_ROOT, benchmarks_dir
-from lmforge.train.sft_data import (DOCUMENT_KINDS, SFTDataStats, sft_data_from_documents,
-                                    sft_data_from_hub, sft_data_from_jsonl, sft_data_from_qa)
+from lmforge.train.sft_data import (DOCUMENT_KINDS, NoConversations, SFTDataStats,
+                                    sft_data_from_documents, sft_data_from_hub,
+                                    sft_data_from_jsonl, sft_data_from_qa)
 
 
 def tasks_dir() -> Path:
     return Path(os.environ.get("LMFORGE_ADAPTER_TASKS_DIR", REPO_ROOT / "adapter_tasks"))
 
 
-class TaskDataUnavailable(RuntimeError):
+class TaskDataUnavailable(LmforgeError, RuntimeError):
     """The task's source is not on this machine (no benchmark mirror, offline hub, ...)."""
+
+
+class TaskError(InputError):
+    """A mistake in a task file (malformed YAML, an unknown setting, a file that is not there)."""
 
 
 class AdapterTask(BaseModel):
@@ -77,14 +85,26 @@ def task_names() -> list[str]:
 def load_task(name: str) -> AdapterTask:
     path = tasks_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown adapter task {name!r}; known: {', '.join(task_names()) or 'none'} "
-                         f"(in {tasks_dir()})")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise TaskError(f"unknown adapter task {name!r}; known: {', '.join(task_names()) or 'none'} "
+                        f"(in {tasks_dir()})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        why = getattr(e, "problem", None) or type(e).__name__
+        raise TaskError(f"{path}{where}: not valid YAML ({why})") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of task settings")
+        raise TaskError(f"{path}: expected a mapping of task settings, got "
+                        f"{type(raw).__name__}")
     if raw.setdefault("name", name) != name:
-        raise ValueError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
-    return AdapterTask.model_validate(raw)
+        raise TaskError(f"{path}: name {raw['name']!r} differs from the file name {name!r}")
+    try:
+        return AdapterTask.model_validate(raw)
+    except ValidationError as e:
+        raise TaskError(f"{path}: {config_error(e)}") from None
 
 
 def _resolve(task: AdapterTask) -> Path:
@@ -103,7 +123,7 @@ def _resolve(task: AdapterTask) -> Path:
     if not path.is_absolute():
         path = tasks_dir() / path
     if not path.is_file():
-        raise ValueError(f"task {task.name}: no file at {path}")
+        raise TaskError(f"task {task.name}: no file at {path}")
     return path
 
 
@@ -115,12 +135,11 @@ def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
     Raises ``TaskDataUnavailable`` when the source is not on this machine or gives no
     conversation, ``ValueError`` for a mistake in the task (a file that is not there).
     """
-    stats = _build(task, out_path, documents)
-    if stats.examples == 0:
-        Path(out_path).unlink(missing_ok=True)
+    try:
+        return _build(task, out_path, documents)
+    except NoConversations as e:  # nothing was written: an earlier output stays as it was
         raise TaskDataUnavailable(f"task {task.name}: its source gave no conversations "
-                                  f"({stats.source}; skipped: {stats.skipped or 'none'})")
-    return stats
+                                  f"({str(e).split(': gave no conversations ', 1)[-1]})") from None
 
 
 def _build(task: AdapterTask, out_path, documents) -> SFTDataStats:
@@ -128,12 +147,15 @@ def _build(task: AdapterTask, out_path, documents) -> SFTDataStats:
         if documents is None or not Path(documents).exists():
             raise TaskDataUnavailable(f"task {task.name}: no curated documents at {documents}")
         return sft_data_from_documents(documents, out_path, max_examples=task.limit, seed=task.seed,
-                                       kinds=task.kinds)
+                                       kinds=task.kinds, require_examples=True)
     if task.source == "qa":
-        return sft_data_from_qa(_resolve(task), out_path, limit=task.limit)
+        return sft_data_from_qa(_resolve(task), out_path, limit=task.limit, require_examples=True)
     if task.source == "hub":
         try:
-            return sft_data_from_hub(task.path, out_path, split=task.split, limit=task.limit)
+            return sft_data_from_hub(task.path, out_path, split=task.split, limit=task.limit,
+                                     require_examples=True)
+        except LmforgeError:
+            raise
         except RuntimeError as e:
             raise TaskDataUnavailable(str(e)) from e
-    return sft_data_from_jsonl(_resolve(task), out_path, limit=task.limit)
+    return sft_data_from_jsonl(_resolve(task), out_path, limit=task.limit, require_examples=True)

@@ -78,7 +78,7 @@ def test_crawl_pydoc_writes_readable_warc_and_resumes(pydoc_url, tmp_path):
     json.dumps(meta)  # JSON-able
     assert meta["pages_fetched"] == 20 and len(meta["warc_files"]) == 1
     # Complete under its final name; no temporary file left behind.
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".lmforge-output"]
 
     records = read_warc(tmp_path)
     responses = [r for r in records if r[0] == "response"]

@@ -19,7 +19,7 @@ from warcio.warcwriter import WARCWriter
 from lmforge.crawl import crawler
 from lmforge.crawl.warc_source import FAILURES_FILE, MANIFEST_FILE, import_warcs, read_manifest
 from lmforge.curate.extract import extract
-from lmforge.io import read_parquet_rows
+from lmforge.io import OUTPUT_MARKER, read_parquet_rows
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5}
 
@@ -117,7 +117,7 @@ def test_import_file_directory_and_url_then_extract(tmp_path, warc_server):
     # Only complete *.warc.gz and the two logs in out_dir: nothing from the failures, no temp files.
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["local.warc.gz", "plain.warc.gz", "second.warc.gz",
-                            "flaky-remote.warc.gz", MANIFEST_FILE, FAILURES_FILE])
+                            "flaky-remote.warc.gz", MANIFEST_FILE, FAILURES_FILE, OUTPUT_MARKER])
     plain = out / "plain.warc.gz"
     assert plain.read_bytes()[:2] == b"\x1f\x8b"
     # warcio refuses a multi-record gzip that is not one member per record: this read proves it is.
@@ -210,7 +210,8 @@ def test_bad_inputs_are_recorded_not_raised(tmp_path):
     assert stats.failures_by_reason == {"truncated": 1, "not_warc": 1, "empty": 1, "not_found": 1,
                                         "bad_source": 1}
     assert stats.files == 1 and count_records(out / "whole.warc.gz") == (3, 1)
-    assert sorted(p.name for p in out.iterdir()) == sorted(["whole.warc.gz", MANIFEST_FILE, FAILURES_FILE])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["whole.warc.gz", MANIFEST_FILE, FAILURES_FILE,
+                                                                OUTPUT_MARKER])
     with pytest.raises(ValueError):
         import_warcs([], out)
 
@@ -226,3 +227,31 @@ def test_crawl_cli_imports_with_warc_flag(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["already_imported"] == 1
     assert crawler.main(["--warc", str(src), "--seed", "http://x.test/", "--out", str(out)]) == 2
     assert crawler.warc_files(out) == [out / "cc.warc.gz"]
+
+
+# --------------------------------------------------------------------------- bad destinations, via the CLI
+
+@pytest.mark.parametrize("case", ["foreign_dir", "out_is_file", "read_only_destination"])
+def test_cli_refuses_a_destination_it_did_not_make(case, tmp_path):
+    from cli_checks import assert_refused, foreign_dir, lmforge, read_only_dir, snapshot
+
+    src = write_warc(tmp_path / "a.warc.gz", ["difflib"])
+    out, says = tmp_path / "crawl", ""
+    if case == "foreign_dir":
+        foreign_dir(out)
+        says = "did not make"
+    elif case == "out_is_file":
+        out.write_text("a file\n")
+        says = "is a file"
+    if case == "read_only_destination":
+        with read_only_dir(tmp_path / "ro") as ro:
+            before = snapshot(tmp_path)
+            proc = lmforge("crawl", "--warc", src, "--out", ro / "crawl")
+            assert_refused(proc, parents=[ro], before=before, roots=[tmp_path], says="read-only")
+        return
+    before = snapshot(tmp_path)
+    proc = lmforge("crawl", "--warc", src, "--out", out)
+    assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path], says=says)
+    # The crawler itself claims its directory the same way (before any request is made).
+    proc = lmforge("crawl", "--seed", "http://127.0.0.1:9/", "--out", out)
+    assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path], says=says)

@@ -13,6 +13,8 @@ import pydoc
 import pyarrow.parquet as pq
 import pytest
 
+from cli_checks import (DOCUMENT_STAGE_CASES, assert_refused, document_stage_refuses, lmforge,
+                        snapshot, tmpfs)
 from lmforge.curate import decontaminate as dc
 from lmforge.curate.decontaminate import DecontamConfig, decontaminate, find_matches, index_items
 from lmforge.io import write_parquet
@@ -239,3 +241,21 @@ def test_cli(tmp_path, gsm8k_test, pages, capsys):
     assert "triviaqa" in capsys.readouterr().err
     assert dc.main([str(tmp_path / "missing.parquet"), str(out)]) == 2
     assert dc.main([src, str(out), "--ngram", "0"]) == 2
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+@pytest.mark.parametrize("case", DOCUMENT_STAGE_CASES)
+def test_cli_bad_inputs_are_one_line_errors(case, tmp_path, write_docs, real_texts):
+    document_stage_refuses(["decontaminate", "--benchmarks", "gsm8k"], case, tmp_path,
+                           write_docs("good", real_texts[:5]))
+
+
+def test_cli_full_disk_is_one_line_and_leaves_nothing(tmp_path, write_docs):
+    rng = __import__("random").Random(0)  # text that does not compress: ~400 kB kept
+    docs = write_docs("big", [" ".join(f"w{rng.randrange(10**9)}" for _ in range(2000))
+                              for _ in range(20)])
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        before = snapshot(small)
+        proc = lmforge("decontaminate", "--benchmarks", "gsm8k", docs, small / "clean.parquet")
+        assert_refused(proc, parents=[small], before=before, roots=[small], says="no space")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from cli_checks import assert_refused, lmforge, read_only_dir, snapshot
 from lmforge.crawl.crawler import CrawlConfig, crawl
 from lmforge.crawl.local_site import serve_python_docs
 from lmforge.curate import extract as ex
 from lmforge.curate.extract import ExtractConfig, extract
+from lmforge.errors import LmforgeError
 from lmforge.io import removed_path_for
 
 
@@ -151,10 +154,28 @@ def test_cut_off_warc_keeps_what_was_read(tmp_path):
     data = (tmp_path / "full.warc.gz").read_bytes()
     cut = tmp_path / "cut.warc.gz"
     cut.write_bytes(data[: len(data) * 2 // 3])   # a crawl killed mid-write
-    stats = extract([cut], tmp_path / "d.parquet")
-    assert 1 <= stats.documents < 5
-    assert len(stats.warc_errors) == 1 and "cut.warc.gz" in stats.warc_errors[0]
-    assert len(rows(tmp_path / "d.parquet")) == stats.documents
+    # By default a cut-off archive stops the stage, naming it and the records read before the
+    # cut, and nothing is written.
+    with pytest.raises(LmforgeError, match=r"cut\.warc\.gz is cut short .*\d+ complete records? "
+                                           r"read before the break"):
+        extract([cut], tmp_path / "d.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.warc.gz", "full.warc.gz"]
+    # on_bad_archive="skip": the bad file is left out, counted and named; the good one is read.
+    stats = extract([cut, tmp_path / "full.warc.gz"], tmp_path / "d.parquet",
+                    ExtractConfig(on_bad_archive="skip"))
+    assert stats.documents == 5 and stats.warc_files == 2
+    meta = stats.to_metadata()
+    assert meta["bad_archives"] == 1 and "cut.warc.gz" in meta["bad_archive_files"][0]
+    assert len(rows(tmp_path / "d.parquet")) == 5
+
+
+def test_non_warc_input_is_an_error(tmp_path):
+    (tmp_path / "notes.warc.gz").write_text("hello, I am not a WARC file\n")
+    with pytest.raises(LmforgeError, match=r"notes\.warc\.gz is not a WARC file"):
+        extract([tmp_path / "notes.warc.gz"], tmp_path / "d.parquet")
+    stats = extract([tmp_path / "notes.warc.gz"], tmp_path / "d.parquet",
+                    ExtractConfig(on_bad_archive="skip"))
+    assert stats.documents == 0 and stats.to_metadata()["bad_archives"] == 1
 
 
 def test_removed_path_for():
@@ -171,3 +192,78 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ex.main([str(tmp_path), str(tmp_path / "o2.parquet"), "--extractor", "nope"])
     assert e.value.code == 2
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+EXTRACT_CASES = ["missing", "empty", "not_warc", "truncated", "dir_without_warcs", "output_is_dir",
+                 "removed_is_dir", "output_parent_is_file", "read_only_destination"]
+
+
+@pytest.mark.parametrize("case", EXTRACT_CASES)
+def test_cli_bad_inputs_are_one_line_errors(case, tmp_path):
+    src = tmp_path / "crawl"
+    src.mkdir()
+    pages = [(f"http://site.test/{i}", 200, "text/html", html(f"P{i}", f"<p>page {i} " + "x" * 3000 + "</p>"))
+             for i in range(5)]
+    good = src / "crawl.warc.gz"
+    write_warc(good, pages)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "docs.parquet"
+    out.write_bytes(b"earlier output")
+    removed_path_for(out).write_bytes(b"earlier removed")
+    inp, says = good, ""
+    if case == "missing":
+        inp, says = src / "nope.warc.gz", "no WARC file"
+    elif case == "empty":
+        inp, says = src / "empty.warc.gz", "empty.warc.gz is empty"
+        inp.write_bytes(b"")
+    elif case == "not_warc":
+        inp, says = src / "notes.warc.gz", "notes.warc.gz is not a WARC file"
+        inp.write_text("these are my notes, not an archive\n" * 20)
+    elif case == "truncated":
+        data = good.read_bytes()
+        inp, says = src / "cut.warc.gz", "cut.warc.gz is cut short"
+        inp.write_bytes(data[: len(data) // 2])  # a real gzip WARC cut in the middle
+    elif case == "dir_without_warcs":
+        inp, says = tmp_path / "nothing_here", "no WARC files"
+        inp.mkdir()
+    elif case == "output_is_dir":
+        out.unlink()
+        (out / "sub").mkdir(parents=True)
+        (out / "keep.txt").write_text("x\n")
+        says = "is a directory"
+    elif case == "removed_is_dir":
+        removed_path_for(out).unlink()
+        (removed_path_for(out) / "sub").mkdir(parents=True)
+        says = "is a directory"
+    elif case == "output_parent_is_file":
+        out, says = out / "docs.parquet", "parent"
+    roots = [src, work]
+    if case == "read_only_destination":
+        with read_only_dir(tmp_path / "ro") as ro:
+            before = snapshot(*roots, ro)
+            proc = lmforge("extract", inp, ro / "docs.parquet")
+            line = assert_refused(proc, parents=[ro], before=before, roots=[*roots, ro],
+                                  says="read-only")
+    else:
+        before = snapshot(*roots)
+        proc = lmforge("extract", inp, out)
+        line = assert_refused(proc, parents=[work, out.parent], before=before, roots=roots,
+                              says=says)
+    if case == "truncated":
+        assert re.search(r"\d+ complete records? read before the break", line), line
+
+
+def test_cli_skips_bad_archives_when_asked(tmp_path):
+    write_warc(tmp_path / "good.warc.gz", [("http://site.test/", 200, "text/html", html("T", "<p>hello</p>"))])
+    (tmp_path / "bad.warc.gz").write_text("not a WARC\n")
+    proc = lmforge("extract", tmp_path / "good.warc.gz", tmp_path / "bad.warc.gz",
+                   tmp_path / "o.parquet", "--on-bad-archive", "skip")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+    assert len(warnings) == 1 and "bad.warc.gz" in warnings[0]
+    meta = json.loads(proc.stdout)
+    assert meta["bad_archives"] == 1 and meta["documents"] == 1
+    assert "bad.warc.gz" in meta["bad_archive_files"][0]

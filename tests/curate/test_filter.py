@@ -7,7 +7,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
+from cli_checks import DOCUMENT_STAGE_CASES, assert_refused, document_stage_refuses, lmforge, snapshot
 from lmforge.curate import filter as flt
+from lmforge.errors import LmforgeError
 from lmforge.curate.filter import FilterConfig, filter_documents
 
 FRENCH = ("Le petit village se trouve au bord de la rivière. Chaque matin, les habitants vont au "
@@ -262,3 +264,33 @@ def test_url_blocklist_in_stage_and_cli(real_texts, write_docs, tmp_path):
     assert [r["id"] for r in rows(out)] == ["d3"]
     assert {r["reason"] for r in rows(tmp_path / "cli" / "kept.removed.parquet")} == {"url_blocklist"}
     assert flt.main([src, str(out), "--url-blocklist-file", str(tmp_path / "none.txt")]) == 2
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+@pytest.mark.parametrize("case", DOCUMENT_STAGE_CASES)
+def test_cli_bad_inputs_are_one_line_errors(case, tmp_path, write_docs, real_texts):
+    document_stage_refuses(["filter"], case, tmp_path, write_docs("good", real_texts[:5]))
+
+
+def _garbled_models(tmp_path) -> dict[str, Path]:
+    lid = flt.lid_model_path(FilterConfig())
+    data = lid.read_bytes()
+    models = {"cut": data[: len(data) // 2], "garbage_after_header": data[:200] + bytes(range(256)) * 400,
+              "not_fasttext": b"hello, not a model\n" * 100, "extra_bytes": data + b"\0" * 64}
+    for name, blob in models.items():
+        (tmp_path / f"{name}.ftz").write_bytes(blob)
+    return {name: tmp_path / f"{name}.ftz" for name in models}
+
+
+def test_garbled_language_model_is_an_error_not_a_crash(tmp_path, write_docs, real_texts):
+    docs = write_docs("good", real_texts[:3])
+    for name, model in _garbled_models(tmp_path).items():
+        before = snapshot(tmp_path)
+        proc = lmforge("filter", docs, tmp_path / "out.parquet", "--lid-model", model)
+        line = assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path],
+                              says=str(model))  # 2, not -11 (SIGSEGV)
+        assert "language-ID model" in line, (name, line)
+    # And in the engine: a one-line LmforgeError, the process alive.
+    with pytest.raises(LmforgeError, match="cut short"):
+        flt.load_lid_model(FilterConfig(lid_model=str(tmp_path / "cut.ftz")))

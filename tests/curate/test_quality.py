@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import pydoc
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cli_checks import (DOCUMENT_STAGE_CASES, assert_refused, document_stage_refuses, foreign_dir,
+                        lmforge, snapshot)
 from lmforge.curate import quality as q
-from lmforge.curate.quality import QualityConfig, score_documents, train_quality_classifier
+from lmforge.curate.quality import (META_FILE, MODEL_FILE, QualityConfig, qa_text, score_documents,
+                                    train_quality_classifier)
 from lmforge.io import write_parquet
 from lmforge.paths import benchmarks_dir
 
@@ -110,7 +114,8 @@ def test_training_reports_heldout_metrics(trained):
     assert m["positives_read"] == 400 and m["negatives_read"] == 450
     assert m["heldout_accuracy"] >= 0.95 and m["heldout_auc"] >= 0.98
     assert m["heldout_precision"] >= 0.9 and m["heldout_recall"] >= 0.9
-    assert sorted(p.name for p in model_dir.iterdir()) == ["quality.bin", "quality.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [".lmforge-output", "quality.bin",
+                                                           "quality.json"]
     meta = json.loads((model_dir / "quality.json").read_text())
     assert meta["config"]["wordNgrams"] == 2 and meta["config"]["positives"] == trained["cfg"].positives
     assert meta["stats"]["heldout_accuracy"] == m["heldout_accuracy"]
@@ -263,3 +268,41 @@ def test_cli_train_and_score(trained, gsm8k, tmp_path, capsys):
     assert q.main(["score", str(src), str(out), "--model", str(tmp_path / "nope")]) == 2
     assert "no quality model" in capsys.readouterr().err
     assert q.main(["train", str(tmp_path / "missing.parquet"), str(model)]) == 2
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+@pytest.mark.parametrize("case", DOCUMENT_STAGE_CASES)
+def test_cli_score_bad_inputs_are_one_line_errors(case, trained, gsm8k, tmp_path):
+    model_dir = trained["dir"]
+    docs = tmp_path / "good.parquet"
+    write_parquet(docs, doc_rows("good", [qa_text(r["question"], r["answer"]) for r in gsm8k[:5]]))
+    document_stage_refuses(["quality", "score", "--model", str(model_dir)], case,
+                           tmp_path / "case", docs)
+
+
+@pytest.mark.parametrize("how", ["cut", "garbage_after_header", "not_fasttext"])
+def test_garbled_quality_model_is_an_error_not_a_crash(how, trained, gsm8k, tmp_path):
+    model_dir = trained["dir"]
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / META_FILE).write_bytes((Path(model_dir) / META_FILE).read_bytes())
+    data = (Path(model_dir) / MODEL_FILE).read_bytes()
+    (bad / MODEL_FILE).write_bytes({"cut": data[: len(data) // 3],
+                                    "garbage_after_header": data[:64] + bytes(range(256)) * 64,
+                                    "not_fasttext": b"not a model\n" * 50}[how])
+    docs = tmp_path / "docs.parquet"
+    write_parquet(docs, doc_rows("d", [qa_text(r["question"], r["answer"]) for r in gsm8k[:3]]))
+    before = snapshot(tmp_path)
+    proc = lmforge("quality", "score", docs, tmp_path / "out.parquet", "--model", bad)
+    assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path],
+                   says=str(bad / MODEL_FILE))  # exit 2, not -11 (SIGSEGV)
+
+
+def test_cli_train_refuses_a_foreign_directory(gsm8k, tmp_path):
+    docs = tmp_path / "crawl.parquet"
+    write_parquet(docs, doc_rows("c", junk(20, 0)))
+    target = foreign_dir(tmp_path / "mine")
+    before = snapshot(tmp_path)
+    proc = lmforge("quality", "train", docs, target)
+    assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path], says="did not make")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cli_checks import assert_refused, foreign_dir, lmforge, read_only_dir, snapshot
 from lmforge.io import write_parquet
 from lmforge.tokenize import bpe
 from lmforge.tokenize.bpe import (EOT_TOKEN, IM_END_TOKEN, IM_START_TOKEN, SPECIAL_TOKENS,
@@ -108,3 +109,47 @@ def test_rejects_bad_input(tmp_path, tokenizer_cfg):
     with pytest.raises(ValueError, match="no non-empty training text"):
         train_tokenizer(empty, tmp_path / "tok", tokenizer_cfg)
     assert not (tmp_path / "tok").exists()
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+@pytest.mark.parametrize("case", ["missing_docs", "empty_docs", "docs_is_dir_without_parquet",
+                                  "no_text_column", "out_foreign_dir", "out_is_file",
+                                  "read_only_destination"])
+def test_cli_bad_inputs_are_one_line_errors(case, gsm8k_docs, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = src / "docs.parquet"
+    write_parquet(docs, gsm8k_docs(20))
+    out = tmp_path / "tokenizer"
+    says = ""
+    if case == "missing_docs":
+        docs, says = src / "nope.parquet", "nope.parquet"
+    elif case == "empty_docs":
+        docs.write_bytes(b"")
+        says = "empty"
+    elif case == "docs_is_dir_without_parquet":
+        docs, says = src / "d", "no Parquet files"
+        docs.mkdir()
+    elif case == "no_text_column":
+        pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), docs)
+        says = "missing column"
+    elif case == "out_foreign_dir":  # train-tokenizer used to wipe unrelated files here
+        foreign_dir(out)
+        says = "did not make"
+    elif case == "out_is_file":
+        out.write_text("a file\n")
+        says = "is a file"
+    roots = [src, out]
+    if case == "read_only_destination":
+        with read_only_dir(tmp_path / "ro") as ro:
+            before = snapshot(*roots, ro)
+            proc = lmforge("train-tokenizer", docs, ro / "tok", "--vocab-size", "300")
+            assert_refused(proc, parents=[ro], before=before, roots=[*roots, ro], says="read-only")
+        return
+    before = snapshot(*roots)
+    proc = lmforge("train-tokenizer", docs, out, "--vocab-size", "300")
+    assert_refused(proc, parents=[tmp_path], before=before, roots=roots, says=says)

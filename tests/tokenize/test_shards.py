@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cli_checks import assert_refused, foreign_dir, lmforge, read_only_dir, snapshot
 from lmforge.io import read_parquet_rows, write_parquet
 from lmforge.tokenize import shards
 from lmforge.tokenize.bpe import heldout_ids
@@ -105,3 +106,58 @@ def test_cli(trained, docs_path, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["val_documents"] > 0
     assert shards.main([str(docs_path), str(tmp_path / "u"), "--tokenizer", str(tmp_path)]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+SHARD_CASES = ["missing_docs", "empty_docs", "docs_not_parquet", "no_text_column", "out_foreign_dir",
+               "out_is_file", "no_tokenizer", "garbled_tokenizer", "read_only_destination"]
+
+
+@pytest.mark.parametrize("case", SHARD_CASES)
+def test_cli_bad_inputs_are_one_line_errors(case, trained, gsm8k_docs, tmp_path):
+    import pyarrow as pa
+
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = src / "docs.parquet"
+    write_parquet(docs, gsm8k_docs(10))
+    tok = src / "tok"
+    tok.mkdir()
+    for f in trained[0].iterdir():
+        (tok / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "tokens"
+    says = ""
+    if case == "missing_docs":
+        docs, says = src / "nope.parquet", "nope.parquet"
+    elif case == "empty_docs":
+        docs.write_bytes(b"")
+        says = "empty"
+    elif case == "docs_not_parquet":
+        docs.write_text("not parquet\n")
+        says = "not a readable Parquet"
+    elif case == "no_text_column":
+        pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), docs)
+        says = "missing column"
+    elif case == "out_foreign_dir":  # tokenize used to wipe unrelated files here
+        foreign_dir(out)
+        says = "did not make"
+    elif case == "out_is_file":
+        out.write_text("a file\n")
+        says = "is a file"
+    elif case == "no_tokenizer":
+        tok = src / "no_tok"
+        says = "no tokenizer directory"
+    elif case == "garbled_tokenizer":
+        (tok / "tokenizer.json").write_text('{"model": ')
+        says = "not a tokenizer file"
+    roots = [src, tmp_path / "tokens"]
+    if case == "read_only_destination":
+        with read_only_dir(tmp_path / "ro") as ro:
+            before = snapshot(*roots, ro)
+            proc = lmforge("tokenize", docs, ro / "tokens", "--tokenizer", tok)
+            assert_refused(proc, parents=[ro], before=before, roots=[*roots, ro], says="read-only")
+        return
+    before = snapshot(*roots)
+    proc = lmforge("tokenize", docs, out, "--tokenizer", tok)
+    assert_refused(proc, parents=[tmp_path], before=before, roots=roots, says=says)

@@ -112,3 +112,30 @@ def test_sft_data_cli_kinds(pydoc_docs, tmp_path, capsys):  # noqa: F811
     assert set(json.loads(capsys.readouterr().out)["by_task"]) == {"classes", "exports"}
     assert sft_data.main(["--from-docs", str(path), "--out", str(tmp_path / "c.jsonl"),
                           "--kinds", "nope"]) == 2
+
+
+@pytest.mark.parametrize("text, says", [
+    ("name: [unclosed\n", "not valid YAML"),
+    ("- a\n- list\n", "expected a mapping"),
+    ("description: x\nsource: qa\npath: p.jsonl\nlimit: lots\n", "limit"),
+    ("\tdescription: tab-indented\n", "not valid YAML"),
+])
+def test_malformed_task_files_are_one_line_errors(text, says, tmp_path, monkeypatch):
+    from lmforge.errors import LmforgeError
+
+    monkeypatch.setenv("LMFORGE_ADAPTER_TASKS_DIR", str(tmp_path))
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(LmforgeError, match=says) as e:
+        load_task("bad")
+    assert isinstance(e.value, ValueError) and "bad.yaml" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_task_with_no_conversations_leaves_the_earlier_output(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "task.jsonl"
+    out.write_text("earlier\n")
+    with pytest.raises(TaskDataUnavailable, match="gave no conversations"):
+        build_task_data(AdapterTask(name="e", description="e", source="jsonl", path=str(empty)), out)
+    assert out.read_text() == "earlier\n"

@@ -158,3 +158,64 @@ def test_hub_offline_error(tmp_path):
     assert result.returncode == 2
     assert "could not load 'lmforge-test/no-such-dataset'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- bad inputs, via the CLI
+
+SFT_DATA_CASES = ["missing_qa", "empty_qa", "qa_is_dir", "qa_wrong_shape", "qa_not_json",
+                  "docs_no_text_column", "docs_not_parquet", "out_is_dir", "out_parent_is_file",
+                  "read_only_destination"]
+
+
+@pytest.mark.parametrize("case", SFT_DATA_CASES)
+def test_cli_bad_inputs_are_one_line_errors(case, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cli_checks import assert_refused, lmforge, read_only_dir, snapshot
+
+    src = tmp_path / "src"
+    src.mkdir()
+    qa = src / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"}) + "\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "sft.jsonl"
+    out.write_text("earlier output\n")
+    args, says = ["--from-qa", qa], ""
+    if case == "missing_qa":
+        args, says = ["--from-qa", src / "nope.jsonl"], "nope.jsonl"
+    elif case == "empty_qa":
+        qa.write_text("")
+        says = "no conversations"
+    elif case == "qa_is_dir":
+        args, says = ["--from-qa", src], "is a directory"
+    elif case == "qa_wrong_shape":
+        qa.write_text(json.dumps(["question", "answer"]) + "\n")
+        says = "qa.jsonl:1"
+    elif case == "qa_not_json":
+        qa.write_text("question: what?\n")
+        says = "invalid JSON"
+    elif case == "docs_no_text_column":
+        pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), src / "d.parquet")
+        args, says = ["--from-docs", src / "d.parquet"], "missing column"
+    elif case == "docs_not_parquet":
+        (src / "d.parquet").write_text("nope\n")
+        args, says = ["--from-docs", src / "d.parquet"], "not a readable Parquet"
+    elif case == "out_is_dir":
+        out.unlink()
+        (out / "sub").mkdir(parents=True)
+        (out / "keep.txt").write_text("x\n")
+        says = "is a directory"
+    elif case == "out_parent_is_file":
+        out, says = out / "x.jsonl", "parent"
+    roots = [src, work]
+    if case == "read_only_destination":
+        with read_only_dir(tmp_path / "ro") as ro:
+            before = snapshot(*roots, ro)
+            proc = lmforge("sft-data", *args, "--out", ro / "sft.jsonl")
+            assert_refused(proc, parents=[ro], before=before, roots=[*roots, ro], says="read-only")
+        return
+    before = snapshot(*roots)
+    proc = lmforge("sft-data", *args, "--out", out)
+    assert_refused(proc, parents=[work, out.parent], before=before, roots=roots, says=says)
