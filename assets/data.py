@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from lmforge.curate.decontaminate import DecontamConfig, decontaminate
-from lmforge.curate.dedup import DedupConfig, dedup_documents
+from lmforge.curate.dedup import DedupConfig, dedup_documents, start_index_from
 from lmforge.curate.extract import ExtractConfig, extract
 from lmforge.curate.filter import FilterConfig, filter_documents
 from lmforge.curate.quality import (QualityConfig, default_positives, score_documents,
@@ -121,32 +121,34 @@ def quality_filtered_documents(context: dg.AssetExecutionContext, config: Qualit
 
 
 def dedup_index(store: ArtifactStore, day: str):
-    return store.path("deduplicated_documents", "index", f"{day}.pkl")
+    """The day's dedup index directory: the index after that day (Parquet, .npy and JSON)."""
+    return store.path("deduplicated_documents", "index", day)
 
 
-@dg.asset(code_version="dedup-2", group_name="data", kinds={"datasketch", "parquet"},
+@dg.asset(code_version="dedup-3", group_name="data", kinds={"datasketch", "parquet"},
           deps=[quality_filtered_documents], partitions_def=DAILY)
 def deduplicated_documents(context: dg.AssetExecutionContext, config: DeduplicatedDocumentsConfig,
                            store: ArtifactStore) -> dg.MaterializeResult:
     """The day's documents without exact or near duplicates (MinHash LSH), within the day and
-    against every earlier day. The index after each day is kept (``index/<day>.pkl``): a day
-    starts from the latest earlier day's index, so materializing a day again gives the same
-    result, and a backfill of an earlier day does not change the later days."""
+    against every earlier day. The index after each day is kept (``index/<day>/``): a day
+    starts from a copy of the latest earlier day's index, so materializing a day again gives the
+    same result, and a backfill of an earlier day does not change the later days. An earlier
+    day's index in the old pickle format (``<day>.pkl``) is refused, never read."""
     day = context.partition_key
     index = dedup_index(store, day)
-    earlier = sorted(p for p in index.parent.glob("*.pkl") if p.stem < day)
-    if earlier:  # start from the latest earlier day's index, or from an empty one
-        with atomic_path(index) as tmp:
-            tmp.write_bytes(earlier[-1].read_bytes())
-    else:
-        index.unlink(missing_ok=True)
+    snapshots = index.parent
+    # The latest earlier day; its directory over an old `<day>.pkl` beside it.
+    earlier = sorted((p for p in snapshots.iterdir()
+                      if p.name.split(".")[0] < day and not p.name.startswith(".")),
+                     key=lambda p: (p.name.split(".")[0], p.is_dir())) if snapshots.is_dir() else []
+    start_index_from(earlier[-1] if earlier else None, index)
     cfg = engine_config(DedupConfig, config, index_path=str(index))
     out = documents_path(store, "deduplicated_documents", day)
     stats = dedup_documents(documents_path(store, "quality_filtered_documents", day), out,
                             removed_path(store, "deduplicated_documents", day), cfg)
     return dg.MaterializeResult(metadata={
         "path": str(out), "index": str(index),
-        "deduplicated_against": earlier[-1].stem if earlier else "nothing (first day)",
+        "deduplicated_against": earlier[-1].name if earlier else "nothing (first day)",
         **stats.to_metadata()})
 
 

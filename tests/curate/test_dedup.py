@@ -1,18 +1,30 @@
 """Dedup stage: exact and near duplicates made by editing real text, keep-first, duplicate_of,
-bit-exact agreement with datasketch, an index that persists across calls, CLI."""
+bit-exact agreement with datasketch, an index that persists across calls, CLI; the index in data
+formats only (planted pickles never run), kill -9 at every step of a commit then retry, two
+writers on one index, garbled indexes, a full disk and a read-only one."""
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
 import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from datasketch import MinHash
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from lmforge.curate import dedup as dd
 from lmforge.curate.dedup import DedupConfig, dedup_documents
 from lmforge.curate.text import normalize, shingle_hashes
+from lmforge.errors import LmforgeError
+from lmforge.io import write_parquet
 
 
 def rows(path) -> list[dict]:
@@ -115,7 +127,7 @@ def test_persistent_index_across_calls(real_texts, write_docs, tmp_path):
     s3 = dedup_documents(second, tmp_path / "o3.parquet", tmp_path / "r3.parquet", DedupConfig())
     assert s3.kept_documents == 12
     # An index is only valid for the settings that built it.
-    with pytest.raises(ValueError, match="built with"):
+    with pytest.raises(LmforgeError, match="built with"):
         dedup_documents(second, tmp_path / "o4.parquet", tmp_path / "r4.parquet",
                         DedupConfig(index_path=str(index), shingle=3))
 
@@ -128,3 +140,324 @@ def test_cli(real_texts, write_docs, tmp_path, capsys):
     assert rows(tmp_path / "out" / "deduped.removed.parquet")[0]["duplicate_of"] == "cli-0"
     assert dd.main([src, str(out), "--threshold", "1.5"]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The persistent index: data formats only, transactional, locked
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """`lmforge dedup ARGS` in its own process, as a user (or a scheduler) runs it."""
+    return subprocess.run([sys.executable, "-m", "lmforge.curate.dedup", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, **kw)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("dedup: ")]
+    assert len(lines) == 1 and lines[0].startswith("lmforge dedup: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".lmforge-" in p.name and p.name.endswith(".tmp")]
+
+
+def table(path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def index_state(index: Path) -> dict:
+    """What an index holds, independent of where it lives: its manifest (output paths reduced
+    to their names) and the bytes of every segment file."""
+    manifest = json.loads((index / "manifest.json").read_text())
+    for seg in manifest["segments"]:
+        seg["output"] = Path(seg["output"]).name
+    files = {str(p.relative_to(index)): p.read_bytes()
+             for p in sorted((index / "segments").rglob("*")) if p.is_file()}
+    return {"manifest": manifest, "files": files}
+
+
+def _days(texts: list[str]) -> tuple[list[str], list[str]]:
+    """Day A (distinct documents) and day B (near and exact duplicates of A, duplicates within
+    B, and new documents)."""
+    a = texts[:40]
+    b = ([edit(texts[i], 1, seed=i) for i in range(0, 10)] + [texts[12], texts[13]]
+         + texts[40:70] + [edit(texts[41], 1, seed=99), texts[45]])
+    return a, b
+
+
+def test_index_is_data_only_and_lsh_matches_datasketch(real_texts, write_docs, tmp_path):
+    index = tmp_path / "idx"
+    cfg = DedupConfig(index_path=str(index))
+    a, b = _days(real_texts)
+    src_a, src_b = write_docs("a", a), write_docs("b", b)
+    dedup_documents(src_a, tmp_path / "a.out.parquet", tmp_path / "a.r.parquet", cfg)
+    dedup_documents(src_b, tmp_path / "b.out.parquet", tmp_path / "b.r.parquet", cfg)
+    names = sorted(str(p.relative_to(index)) for p in index.rglob("*") if p.is_file())
+    assert names == [".lmforge-output", "lock", "manifest.json"] + [
+        f"segments/{s}/{f}" for s in ("000000", "000001")
+        for f in (".lmforge-output", "documents.parquet", "exact.parquet", "signatures.npy")]
+    for p in index.rglob("*"):
+        if p.is_file() and p.stat().st_size:
+            assert p.read_bytes()[:1] != b"\x80", f"{p} looks like a pickle"
+    manifest = json.loads((index / "manifest.json").read_text())
+    # Each committed run is named by its input's content hash and its output.
+    assert [s["input"] for s in manifest["segments"]] == [dd._input_digest(src_a),
+                                                          dd._input_digest(src_b)]
+    assert manifest["segments"][1]["output"] == str((tmp_path / "b.out.parquet").resolve())
+
+    # The LSH rebuilt in bulk from the stored signatures has datasketch's own buckets.
+    loaded = dd.DedupIndex(cfg)
+    for entry in dd._read_manifest(index).segments:
+        loaded.load_segment(dd._read_segment(index, entry, cfg.num_perm, True))
+    loaded.fill_lsh()
+    reference = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm,
+                           params=(loaded.lsh.b, loaded.lsh.r))
+    for key, sig in enumerate(loaded.signatures):
+        reference.insert(key, LeanMinHash(seed=cfg.seed, hashvalues=sig, scheme="affine32"),
+                         check_duplication=False)
+    assert len(loaded) == len(a) + len(table(tmp_path / "b.out.parquet"))
+    for ours, theirs in zip(loaded.lsh.hashtables, reference.hashtables):
+        assert {h: set(ours.get(h)) for h in ours.keys()} == {
+            h: set(theirs.get(h)) for h in theirs.keys()}
+
+
+def test_retry_of_a_committed_run_gives_the_same_output(real_texts, write_docs, tmp_path):
+    index = tmp_path / "idx"
+    cfg = DedupConfig(index_path=str(index))
+    a, b = _days(real_texts)
+    src_a, src_b = write_docs("a", a), write_docs("b", b)
+    dedup_documents(src_a, tmp_path / "a.out.parquet", tmp_path / "a.r.parquet", cfg)
+    first = dedup_documents(src_b, tmp_path / "b.out.parquet", tmp_path / "b.r.parquet", cfg)
+    kept, gone, state = table(tmp_path / "b.out.parquet"), table(tmp_path / "b.r.parquet"), \
+        index_state(index)
+    assert 0 < first.kept_documents < len(b) and not first.replayed
+    # The same input to the same output again: a retry, not new data duplicating itself.
+    again = dedup_documents(src_b, tmp_path / "b.out.parquet", tmp_path / "b.r.parquet", cfg)
+    assert again.replayed and again.kept_documents == first.kept_documents
+    assert (table(tmp_path / "b.out.parquet"), table(tmp_path / "b.r.parquet")) == (kept, gone)
+    assert index_state(index) == state
+    meta = {k: v for k, v in again.to_metadata().items() if k not in ("seconds",
+                                                                     "documents_per_second")}
+    assert meta == {**{k: v for k, v in first.to_metadata().items()
+                       if k not in ("seconds", "documents_per_second")},
+                    "index_replayed_run": True}
+    # The first day re-run after the second: derived from the index as it was before it.
+    dedup_documents(src_a, tmp_path / "a2.parquet", tmp_path / "a2.r.parquet", cfg)
+    assert table(tmp_path / "a2.parquet") == []  # to another output: new data, all duplicates
+    assert dedup_documents(src_a, tmp_path / "a.out.parquet", tmp_path / "a.r.parquet",
+                           cfg).kept_documents == len(a)
+
+
+def _plant(path: Path, marker: Path) -> None:
+    class Payload:  # what an attacker plants: unpickling it creates `marker`
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    path.write_bytes(pickle.dumps(Payload()))
+
+
+def test_pickle_index_is_refused_never_loaded(real_texts, write_docs, tmp_path):
+    src = write_docs("a", real_texts[:5])
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "old.pkl", marker)
+    msg = one_line_error(cli(src, tmp_path / "o.parquet", "--index", tmp_path / "old.pkl"))
+    assert "old pickle format" in msg and "rebuild" in msg
+    assert not marker.exists() and not (tmp_path / "o.parquet").exists()
+    assert not leftovers(tmp_path)
+
+    # Planted inside an index directory, as its manifest or as a signature array.
+    index = tmp_path / "idx"
+    assert cli(src, tmp_path / "o.parquet", "--index", index).returncode == 0
+    good = (index / "manifest.json").read_bytes()
+    _plant(index / "manifest.json", marker)
+    one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
+    (index / "manifest.json").write_bytes(good)
+    npy = index / "segments" / "000000" / "signatures.npy"
+    with open(npy, "wb") as f:  # an object array whose pickle runs the payload
+        np.lib.format.write_array(f, np.array([Payload_holder(marker)], dtype=object),
+                                  allow_pickle=True)
+    manifest = json.loads(good)
+    manifest["segments"][0]["files"]["signatures.npy"] = dd._file_digest(npy)
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    msg = one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
+    assert "damaged" in msg
+    assert not marker.exists() and not (tmp_path / "o2.parquet").exists()
+
+
+class Payload_holder:  # noqa: N801 - picklable at module level, for the .npy case
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_garbled_index_is_one_line(real_texts, write_docs, tmp_path):
+    src = write_docs("a", real_texts[:5])
+    index = tmp_path / "idx"
+    assert cli(src, tmp_path / "o.parquet", "--index", index).returncode == 0
+    before = table(tmp_path / "o.parquet")
+    manifest = index / "manifest.json"
+    good = manifest.read_text()
+    assert '"num_perm": 128' in good
+    for garble, says in ((good[: len(good) // 2], "damaged"), ("[1, 2]", "damaged"),
+                         (good.replace('"000000"', '"../../x1"'), "damaged"),
+                         (good.replace('"num_perm": 128', '"num_perm": "many"'), "built with")):
+        manifest.write_text(garble)
+        assert says in one_line_error(cli(src, tmp_path / "o.parquet", "--index", index))
+    manifest.write_text(good)
+    docs = index / "segments" / "000000" / "documents.parquet"
+    data = bytearray(docs.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    docs.write_bytes(bytes(data))
+    # (to a new output: a retry of the run that wrote o.parquet would not read that segment)
+    assert "checksum" in one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
+    # A file that is no index at all.
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "notes.txt" in one_line_error(cli(src, tmp_path / "o.parquet", "--index",
+                                             tmp_path / "notes.txt"))
+    assert table(tmp_path / "o.parquet") == before and not leftovers(tmp_path)
+
+
+def test_concurrent_writers_are_refused(real_texts, write_docs, tmp_path):
+    a, b = _days(real_texts)
+    src_a, src_b = write_docs("a", a), write_docs("b", b)
+    index = tmp_path / "idx"
+    # Run 1 stops itself (SIGSTOP) once it holds the index's lock; run 2 starts meanwhile.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "lmforge.curate.dedup", src_a, tmp_path / "a.out.parquet",
+         "--index", index], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "LMFORGE_DEDUP_SIGNAL_AT": "locked:SIGSTOP"})
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), "run 1 did not reach its lock"
+        msg = one_line_error(cli(src_b, tmp_path / "b.out.parquet", "--index", index))
+        assert "in use by another run" in msg and str(index) in msg
+        assert not (tmp_path / "b.out.parquet").exists()
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    # Run 1's ids are all in the index, and run 2 (retried after run 1) is added after them.
+    assert cli(src_b, tmp_path / "b.out.parquet", "--index", index).returncode == 0
+    loaded = [pq.read_table(p, columns=["id"]).column("id").to_pylist()
+              for p in sorted((index / "segments").glob("*/documents.parquet"))]
+    assert loaded == [[f"a-{i}" for i in range(len(a))],
+                      [r["id"] for r in table(tmp_path / "b.out.parquet")]]
+
+
+# Kill -9 at every step of a run that adds to the index, then retry: the same output and
+# index as a run that was never interrupted.
+KILL_POINTS = ("locked", "batch", "prepared", "outputs_committed", "segment_committed",
+               "index_committed")
+
+
+@pytest.fixture(scope="module")
+def kill_setup(real_texts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill")
+    a, b = _days(real_texts)
+    for name, texts in (("a", a), ("b", b)):
+        write_parquet(root / f"{name}.in.parquet", [
+            {"id": f"{name}-{i}", "url": f"http://x/{i}", "text": t} for i, t in enumerate(texts)])
+    template = root / "template"
+    assert cli(root / "a.in.parquet", template / "a.parquet", "--index", template / "idx",
+               "--batch-rows", "16").returncode == 0
+    reference = root / "reference"
+    shutil.copytree(template, reference)
+    assert cli(root / "b.in.parquet", reference / "b.parquet", "--index", reference / "idx",
+               "--batch-rows", "16").returncode == 0
+    return root, template, reference
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_at_any_point_then_retry(kill_setup, point, tmp_path):
+    root, template, reference = kill_setup
+    work = tmp_path / "w"
+    shutil.copytree(template, work)
+    args = (root / "b.in.parquet", work / "b.parquet", "--index", work / "idx",
+            "--batch-rows", "16")
+    killed = cli(*args, env={"LMFORGE_DEDUP_SIGNAL_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = point in ("outputs_committed", "segment_committed", "index_committed")
+    assert (work / "b.parquet").exists() == committed
+    retry = cli(*args)
+    assert retry.returncode == 0, retry.stderr
+    assert ("replayed" in retry.stderr) == (point == "index_committed")
+    for name in ("b.parquet", "b.removed.parquet"):
+        assert table(work / name) == table(reference / name)
+    assert 0 < len(table(work / "b.parquet")) < 44
+    assert index_state(work / "idx") == index_state(reference / "idx")
+    assert not leftovers(work)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_full_disk_and_read_only_index(real_texts, write_docs, small_disk):
+    src = write_docs("small", real_texts[:20])
+    out, index = small_disk / "o.parquet", small_disk / "idx"
+    assert cli(src, out, "--index", index).returncode == 0
+    before = snapshot(small_disk)
+    # Distinct documents (pairs of real texts): their output and index need several MB.
+    big = write_docs("big", [real_texts[i] + " " + real_texts[j] for i in range(60)
+                             for j in range(i + 1, 60)])
+    msg = one_line_error(cli(big, out, "--index", index))
+    assert "no space left" in msg and str(index) in msg  # the output fitted, its index did not
+    assert snapshot(small_disk) == before  # earlier output and index unchanged, no temporaries
+    bigger = write_docs("bigger", [real_texts[i] + " " + real_texts[j] for i in range(100)
+                                   for j in range(i + 1, 100)])
+    msg = one_line_error(cli(bigger, out, "--index", index))
+    assert f"no space left on the device writing {out}" in msg  # not even the output fitted
+    assert snapshot(small_disk) == before
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    msg = one_line_error(cli(src, small_disk / "o2.parquet", "--index", index))
+    assert str(small_disk) in msg
+    msg = one_line_error(cli(src, small_disk.parent / "o3.parquet", "--index", index))
+    assert "idx" in msg
+    assert not (small_disk.parent / "o3.parquet").exists()
+    assert snapshot(small_disk) == before
+
+
+def test_graph_snapshots_copy_committed_state_and_refuse_pickles(real_texts, write_docs,
+                                                                 tmp_path):
+    """What the per-day asset does: a day's index starts as a copy of the day before's."""
+    cfg = DedupConfig(index_path=str(tmp_path / "index" / "2026-03-01"))
+    day1 = write_docs("day1", real_texts[:20])
+    dedup_documents(day1, tmp_path / "d1.parquet", tmp_path / "d1.r.parquet", cfg)
+    day2 = tmp_path / "index" / "2026-03-02"
+    dd.start_index_from(tmp_path / "index" / "2026-03-01", day2)
+    assert index_state(day2) == index_state(tmp_path / "index" / "2026-03-01")
+    assert not (day2 / "lock").exists() and not leftovers(tmp_path)
+    s = dedup_documents(write_docs("day2", real_texts[:25]), tmp_path / "d2.parquet",
+                        tmp_path / "d2.r.parquet", cfg.model_copy(update={"index_path": str(day2)}))
+    assert (s.index_documents_before, s.kept_documents) == (20, 5)
+    dd.start_index_from(None, day2)
+    assert not day2.exists()
+    marker = tmp_path / "pwned"
+    _plant(tmp_path / "index" / "2026-02-28.pkl", marker)
+    with pytest.raises(LmforgeError, match="old pickle format"):
+        dd.start_index_from(tmp_path / "index" / "2026-02-28.pkl", day2)
+    assert not marker.exists() and not day2.exists()

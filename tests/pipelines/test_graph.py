@@ -99,8 +99,9 @@ def test_a_new_day_is_deduplicated_against_earlier_days(instance_dirs):
     kept_before = pq.read_table(dedup / "documents" / "2026-03-02.parquet").num_rows
     _run(defs, "curation", "2026-03-02", small)  # again: starts from day 1's index, same result
     assert pq.read_table(dedup / "documents" / "2026-03-02.parquet").num_rows == kept_before
-    assert sorted(p.name for p in (dedup / "index").glob("*.pkl")) == ["2026-03-01.pkl",
-                                                                      "2026-03-02.pkl"]
+    # One index directory per day (Parquet, .npy and JSON: no pickle), and nothing else.
+    assert sorted(p.name for p in (dedup / "index").iterdir()) == ["2026-03-01", "2026-03-02"]
+    assert (dedup / "index" / "2026-03-02" / "manifest.json").is_file()
 
 
 def _sensor_requests(sensor, result, extra_tags=None, drop_tags=()):
