@@ -1,8 +1,9 @@
-"""Tokenizer and token shards: the deduplicated corpus turned into training input."""
+"""Tokenizer and token shards: the curated corpus turned into training input."""
 
 
 import dagster as dg
 
+from assets.data import CURATED, curated_corpus
 from lmforge.io import read_json
 from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
 from lmforge.tokenize.shards import ShardConfig, tokenize_documents
@@ -16,11 +17,12 @@ MIN_BYTES_PER_TOKEN = 2.0
 
 
 def corpus_path(store: ArtifactStore):
-    return store.path("decontaminated_documents", "documents")
+    """The curated corpus: every day's documents of the last curation stage."""
+    return curated_corpus(store)
 
 
 @dg.asset(code_version="bpe-1", group_name="tokenizer", kinds={"huggingface"},
-          deps=["decontaminated_documents"])
+          deps=[CURATED])
 def tokenizer(config: TokenizerRunConfig, store: ArtifactStore) -> dg.MaterializeResult:
     """A byte-level BPE tokenizer with chat special tokens and a ChatML template."""
     out = store.path("tokenizer", "tokenizer")

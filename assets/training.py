@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.data import CURATED, curated_corpus
 from assets.partitions import ADAPTER_TASKS
 from lmforge.io import read_json
 from lmforge.train.lora import LoraConfig
@@ -54,13 +55,13 @@ def adapter_task_data(instance: dg.DagsterInstance) -> tuple[list[str], dict[str
 
 
 @dg.asset(code_version="sft-data-2", group_name="training", kinds={"jsonl"},
-          deps=["decontaminated_documents"])
+          deps=[CURATED])
 def sft_conversations(context: dg.AssetExecutionContext, config: SFTConversationsConfig,
                       store: ArtifactStore) -> dg.MaterializeResult:
     """Chat-format instruction data: `documents.jsonl` derived from the crawled corpus (for SFT),
     and `tasks/<task>.jsonl` for each adapter task (`adapter_tasks/<task>.yaml`). A task whose
     source is not on this machine (no benchmark mirror, offline) is skipped, with the reason."""
-    docs = store.path("decontaminated_documents", "documents")
+    docs = curated_corpus(store)
     out_docs = store.path("sft_conversations", "documents.jsonl")
     stats = sft_data_from_documents(docs, out_docs, max_examples=config.max_document_examples,
                                     seed=config.seed, kinds=config.document_kinds)

@@ -13,17 +13,14 @@ import signal
 import sys
 from typing import Callable
 
-# sub-command -> (module with main(argv), one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
+# sub-command -> (module with main(argv), one-line help). The curation stages' commands come from
+# the stage list (lmforge.curate.stages), in chain order after `extract`.
+_BEFORE_CURATION: dict[str, tuple[str, str]] = {
     "crawl": ("lmforge.crawl.crawler", "crawl a site politely into WARC files"),
     "serve-docs": ("lmforge.crawl.local_site", "serve this Python's documentation on loopback"),
     "extract": ("lmforge.curate.extract", "WARC files -> main text as Parquet documents"),
-    "filter": ("lmforge.curate.filter", "language ID and quality filters over Parquet documents"),
-    "dedup": ("lmforge.curate.dedup", "exact and MinHash LSH near-duplicate removal"),
-    "quality": ("lmforge.curate.quality",
-                "train a fastText quality classifier (DCLM-style) or score documents with it"),
-    "decontaminate": ("lmforge.curate.decontaminate",
-                      "remove documents sharing 13-grams with MMLU, GSM8K or HumanEval"),
+}
+_AFTER_CURATION: dict[str, tuple[str, str]] = {
     "train-tokenizer": ("lmforge.tokenize.bpe", "train a byte-level BPE tokenizer with a chat template"),
     "tokenize": ("lmforge.tokenize.shards", "Parquet documents -> memory-mapped token shards"),
     "pretrain": ("lmforge.train.pretrain", "pretrain a Llama-style model (DeepSpeed ZeRO)"),
@@ -36,10 +33,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def commands() -> dict[str, tuple[str, str]]:
+    """Every sub-command, in pipeline order."""
+    from lmforge.curate.stages import CURATION_STAGES
+
+    stages = {s.command: (s.module, s.summary) for s in CURATION_STAGES}
+    return {**_BEFORE_CURATION, **stages, **_AFTER_CURATION}
+
+
 def _usage() -> str:
-    width = max(map(len, COMMANDS))
+    table = commands()
+    width = max(map(len, table))
     lines = ["usage: lmforge COMMAND [ARGS ...]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in table.items()]
     lines += ["", "`lmforge COMMAND --help` describes each command."]
     return "\n".join(lines)
 
@@ -93,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
+    table = commands()
+    if name not in table:
         print(f"lmforge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(table[name][0])
     return run(name, module.main, rest)
 
 

@@ -46,13 +46,12 @@ def _scores(meta: dict) -> str:
 
 def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
+    from assets.data import STAGES
     from assets.partitions import adapter_eval_key
+    from lmforge.curate.stages import stage_names
 
     lines = ["", "lmforge demo: summary", "=" * 21]
-    docs = [(k, _metadata(instance, k)) for k in
-            ("extracted_documents", "filtered_documents", "quality_filtered_documents",
-             "deduplicated_documents",
-             "decontaminated_documents")]
+    docs = [(k, _metadata(instance, k)) for k in stage_names(STAGES)]
     crawl = _metadata(instance, "crawled_pages")
     lines.append(f"{'crawled pages:':<36}{crawl.get('pages_fetched', '?')}")
     for key, meta in docs:

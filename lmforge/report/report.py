@@ -29,12 +29,14 @@ class ReportInputs:
     evaluations: dict[str, Path] = field(default_factory=dict)  # "model (suite)" -> dir with summary.json
 
     @classmethod
-    def from_artifacts(cls, root: Path) -> "ReportInputs":
-        """The layout the Dagster assets write (one directory per asset under ``root``)."""
+    def from_artifacts(cls, root: Path, stages: list[str] | None = None) -> "ReportInputs":
+        """The layout the Dagster assets write (one directory per asset under ``root``); the
+        funnel follows the curation chain (``lmforge.curate.stages``) unless ``stages`` names
+        the document assets."""
+        from lmforge.curate.stages import stage_names
+
         root = Path(root)
-        stages = ["extracted_documents", "filtered_documents", "quality_filtered_documents",
-                  "deduplicated_documents",
-                  "decontaminated_documents"]
+        stages = stage_names() if stages is None else stages
         adapters = sorted(d.parent.name for d in (root / "lora_adapter").glob("*/adapter"))
         evaluations = {f"{model} ({d.name})": d
                        for model in ("base", "sft")
