@@ -20,20 +20,57 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.errors import LmforgeError
+
 SHARD_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
 
 def read_header(data_dir: str | Path, split: str) -> dict:
     path = Path(data_dir) / f"{split}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no token shard header at {path} (expected {split}.bin + {split}.json)")
-    header = json.loads(path.read_text())
+    if not path.is_file():
+        raise LmforgeError(f"no token shard header at {path} (expected {split}.bin + {split}.json)")
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmforgeError(f"{path}: not a token shard header (JSON): {e}") from None
+    if not isinstance(header, dict):
+        raise LmforgeError(f"{path}: not a token shard header (a JSON object)")
     missing = {"dtype", "num_tokens", "vocab_size", "eos_id"} - set(header)
     if missing:
-        raise ValueError(f"{path}: header lacks {sorted(missing)}")
+        raise LmforgeError(f"{path}: header lacks {sorted(missing)}")
     if header["dtype"] not in SHARD_DTYPES:
-        raise ValueError(f"{path}: dtype must be one of {sorted(SHARD_DTYPES)}, got {header['dtype']!r}")
+        raise LmforgeError(f"{path}: dtype must be one of {sorted(SHARD_DTYPES)}, got {header['dtype']!r}")
+    for key in ("num_tokens", "vocab_size", "eos_id"):
+        if not isinstance(header[key], int) or isinstance(header[key], bool) or header[key] < 0:
+            raise LmforgeError(f"{path}: {key} must be a non-negative integer, got {header[key]!r}")
     return header
+
+
+def max_token_id(data_dir: str | Path, split: str, chunk: int = 1 << 24) -> int:
+    """The largest token id in ``{split}.bin`` (-1 if empty), read in chunks of the memory map, so
+    that ids beyond a model's vocabulary are found before training (where they would fail deep in
+    the embedding, or on a GPU corrupt memory)."""
+    tokens, _ = open_shard(data_dir, split)
+    top = -1
+    for i in range(0, len(tokens), chunk):
+        top = max(top, int(tokens[i:i + chunk].max()))
+    return top
+
+
+def check_vocabulary(data_dir: str | Path, vocab_size: int) -> None:
+    """Every shard's header and token ids fit a model with ``vocab_size`` embeddings."""
+    for split in ("train", "val"):
+        if split == "val" and not (Path(data_dir) / "val.json").exists():
+            continue
+        header = read_header(data_dir, split)
+        if int(header["vocab_size"]) > vocab_size:
+            raise LmforgeError(f"{Path(data_dir) / split}.bin was written with vocab_size "
+                               f"{header['vocab_size']} but the tokenizer has {vocab_size} tokens: "
+                               "wrong --tokenizer?")
+        top = max_token_id(data_dir, split)
+        if top >= vocab_size:
+            raise LmforgeError(f"{Path(data_dir) / split}.bin holds token id {top}, beyond the "
+                               f"tokenizer's {vocab_size} tokens: wrong --tokenizer, or a corrupt shard")
 
 
 def open_shard(data_dir: str | Path, split: str) -> tuple[np.memmap, dict]:
@@ -42,9 +79,11 @@ def open_shard(data_dir: str | Path, split: str) -> tuple[np.memmap, dict]:
     path = Path(data_dir) / f"{split}.bin"
     dtype = SHARD_DTYPES[header["dtype"]]
     expected = int(header["num_tokens"]) * np.dtype(dtype).itemsize
-    if not path.exists() or path.stat().st_size != expected:
-        size = path.stat().st_size if path.exists() else "missing"
-        raise ValueError(f"{path}: size {size} does not match header ({header['num_tokens']} x {header['dtype']})")
+    if not path.is_file() or path.stat().st_size != expected:
+        size = path.stat().st_size if path.is_file() else "missing"
+        raise LmforgeError(f"{path}: size {size} does not match header ({header['num_tokens']} x {header['dtype']})")
+    if expected == 0:
+        return np.zeros(0, dtype=dtype), header  # numpy cannot map an empty file
     return np.memmap(path, dtype=dtype, mode="r"), header
 
 
@@ -57,7 +96,7 @@ class TokenWindows:
         self.seed = seed
         self.split = split
         if len(self.tokens) < seq_len + 2:
-            raise ValueError(f"{split} shard has {len(self.tokens)} tokens, fewer than one window "
+            raise LmforgeError(f"{split} shard has {len(self.tokens)} tokens, fewer than one window "
                              f"of {seq_len + 1}; lower seq_len or tokenize more text")
 
     @property

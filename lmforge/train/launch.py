@@ -52,10 +52,15 @@ def in_launched_process() -> bool:
 def relaunch(module: str, config_json: str, out_dir: str | os.PathLike, nproc: int,
              launcher: str = "torchrun") -> int:
     """Write the config beside the run and start ``nproc`` processes on it; returns their exit code."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from lmforge.errors import LmforgeError
+    from lmforge.io import atomic_path, claim_output_dir
+
+    if not str(out_dir):
+        raise LmforgeError("out_dir is required")
+    out_dir = claim_output_dir(out_dir)
     path = out_dir / "launch_config.json"
-    path.write_text(config_json)
+    with atomic_path(path) as tmp:
+        tmp.write_text(config_json)
     argv = command(module, path, nproc, launcher)
     print(f"[lmforge] launching: {' '.join(argv)}", file=sys.stderr, flush=True)
     return subprocess.call(argv)
@@ -78,6 +83,8 @@ def read_config(cls, value: str | None, overrides: dict):
 
 def run_cli(module: str, config_cls, fn, parser: argparse.ArgumentParser, argv) -> int:
     """Shared by pretrain / sft / lora: parse, validate, re-launch for --nproc > 1, or run here."""
+    from lmforge.errors import LmforgeError
+
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "nproc", "launcher")}
     try:
@@ -85,11 +92,11 @@ def run_cli(module: str, config_cls, fn, parser: argparse.ArgumentParser, argv) 
     except Exception as e:  # noqa: BLE001 - one line for any bad input, not a traceback
         print(f"{parser.prog}: error: {' '.join(str(e).split())[:400]}", file=sys.stderr)
         return 2
-    if args.nproc > 1 and not in_launched_process():
-        return relaunch(module, cfg.model_dump_json(), cfg.out_dir, args.nproc, args.launcher)
     try:
+        if args.nproc > 1 and not in_launched_process():
+            return relaunch(module, cfg.model_dump_json(), cfg.out_dir, args.nproc, args.launcher)
         fn(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    except (LmforgeError, FileNotFoundError, ValueError) as e:
+        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0

@@ -21,12 +21,21 @@ ranks (not a mean of per-micro-batch means), so a step's loss does not depend on
 split, and SFT's loss is exactly the mean over assistant tokens.
 
 Checkpoints are DeepSpeed checkpoints (model, optimizer and ZeRO partitions; the plain engine
-writes DeepSpeed's stage-0 layout) plus the step, the token count and every rank's RNG state.
-Data order is a function of (seed, step), so the step is the whole data position. A checkpoint
-is written to a staging directory and renamed into place, and ``checkpoints/latest`` is replaced
-last, so a crash mid-save leaves the previous checkpoint. A checkpoint is resumed only if the run's config and
-input files are those it was trained from (``run_fingerprint``): after an upstream change the
-same command trains again from scratch.
+writes DeepSpeed's stage-0 layout) plus the step, the token count and every rank's RNG state
+(``rng_rank<r>.safetensors``: tensors, and Python's state as JSON in its metadata). Data order is
+a function of (seed, step), so the step is the whole data position. A checkpoint is written to a
+staging directory (named so that ``lmforge.io.sweep_stale`` removes it once its process is gone)
+and renamed into place, and ``checkpoints/latest`` is replaced last, so a crash mid-save leaves
+the previous checkpoint. A run directory may be shared, so nothing in it may run code when read:
+every ``.pt`` file of a checkpoint is read with ``torch.load(weights_only=True)`` (DeepSpeed's own
+loads included), and one that needs more than tensors and plain data is refused.
+
+A checkpoint is resumed only if the run's config and input files are those it was trained from
+(``checkpoints/run_fingerprint.json``): after an upstream change the same command trains again from
+scratch. The exported model (``model/``) carries the ``train_config.json`` and
+``run_fingerprint.json`` it was trained from, written inside it and committed with it by one
+rename; so a run that is killed leaves the previous model whole, beside the record of what it
+was trained from.
 """
 
 from __future__ import annotations
@@ -45,12 +54,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
+import errno
+import pickle
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from lmforge.io import atomic_path, write_json
+from lmforge.errors import LmforgeError, OutputError
+from lmforge.io import atomic_path, sweep_stale, temp_name_prefix, write_json
 from lmforge.train import launch
 from lmforge.train.model import (ATTENTION_BACKENDS, attention_context, causal_lm_parts, check_attention_backend,
                                  count_params,
@@ -358,9 +372,7 @@ class PlainEngine:
         path = self._checkpoint_file(load_dir, tag)
         if not path.exists():
             return None, None
-        # weights_only=False: a checkpoint DeepSpeed wrote holds its config object; these are the
-        # run's own files.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_torch_load(path)
         if load_optimizer_states and state.get("optimizer") is None:
             raise RuntimeError(f"{path} holds no optimizer state: it was written by DeepSpeed ZeRO "
                                "(stage >= 1); resume it with engine='deepspeed' and the same zero_stage")
@@ -443,6 +455,70 @@ def _metrics_step(line: str) -> int | None:
         return None
 
 
+# The classes DeepSpeed stores in ZeRO optimizer states (its loss scaler, the stage as an int
+# enum, a dataclass of two ints): data holders with no __setstate__ or __reduce__ of their own,
+# so a weights-only load rebuilds them without running code of the file's choosing.
+def _checkpoint_globals() -> list:
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class UnsafeCheckpointError(LmforgeError):
+    """A checkpoint file that only an unrestricted unpickler (which runs code) would read."""
+
+
+def _refusal(path: str | Path, e: Exception) -> LmforgeError:
+    why = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", str(e))
+    detail = f" (it needs {why.group(1) or why.group(0)})" if why else ""
+    return UnsafeCheckpointError(f"refusing to load {path}: it is not a checkpoint of tensors and plain data"
+                        f"{detail}, and loading it could run code; remove it (or its checkpoint "
+                        "directory) to go on")
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` that cannot run code: ``weights_only=True``, with DeepSpeed's few data-only
+    classes allowed. A file that needs anything else is refused with a one-line error, and so is
+    one that is not a torch file at all (torn by a crash, or garbage)."""
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise _refusal(path, e) from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise LmforgeError(f"cannot read checkpoint file {path}: {' '.join(str(e).split())[:200]}") from None
+
+
+class _SafeLoads:
+    """DeepSpeed's checkpoint engine with its ``load`` replaced by :func:`safe_torch_load`: every
+    file DeepSpeed reads for a checkpoint goes through it (its own ``load`` unpickles anything)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def load(self, path, map_location=None):
+        return safe_torch_load(path, map_location=map_location)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def check_checkpoint_files(tag_dir: Path) -> None:
+    """Refuse a checkpoint directory holding any ``.pt`` file that a weights-only load rejects,
+    before any of it is read for real. Memory-mapped, so only the small pickles are read."""
+    for f in sorted(tag_dir.rglob("*.pt")):
+        try:
+            safe_torch_load(f, mmap=True)
+        except UnsafeCheckpointError:
+            raise
+        except LmforgeError:
+            safe_torch_load(f)  # not a zip file (no mmap): a full weights-only load decides
+
+
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -458,33 +534,112 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def save_rng_state(path: Path) -> None:
+    """This process's RNG states as data: byte tensors in safetensors, Python's and NumPy's
+    scalars as JSON in its metadata."""
+    from safetensors.torch import save_file
+
+    state = _rng_state()
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    tensors = {"torch": state["torch"], "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    if "cuda" in state:
+        tensors["cuda"] = state["cuda"].cpu()
+    version, internal, gauss_next = state["python"]
+    meta = {"python": json.dumps([version, list(internal), gauss_next]),
+            "numpy": json.dumps([kind, int(pos), int(has_gauss), float(gauss)])}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_rng_state(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        version, internal, gauss_next = json.loads(meta["python"])
+        kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
+        keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+        state = {"python": (int(version), tuple(int(x) for x in internal), gauss_next),
+                 "numpy": (str(kind), keys, int(pos), int(has_gauss), float(gauss)),
+                 "torch": tensors["torch"]}
+        if "cuda" in tensors:
+            state["cuda"] = tensors["cuda"]
+        _set_rng_state(state)
+    except Exception as e:  # noqa: BLE001 - any malformed file is the same one-line problem
+        raise LmforgeError(f"cannot read the RNG state {path}: {' '.join(str(e).split())[:200]}") from None
+
+
 def _has_frozen(engine) -> bool:
     return any(not p.requires_grad for p in engine.module.parameters())
+
+
+def _write_failed(e: BaseException, where: Path) -> LmforgeError:
+    """One line for a failed checkpoint write. torch and safetensors report a full disk as a
+    RuntimeError ("file write failed"), so the free space is asked too (before the staging
+    directory is removed and frees it)."""
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        full = full or "No space left" in str(e) or shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        pass
+    if full:
+        return OutputError(f"no space left on the device writing a checkpoint in {where}")
+    return OutputError(f"could not write a checkpoint in {where}: {' '.join(str(e).split())[:200]}")
+
+
+def _broadcast_name(name: str, dist: Dist) -> str:
+    if dist.world_size == 1:
+        return name
+    box = [name]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sweep_checkpoints(out_dir: Path) -> None:
+    """Remove what saves that never finished left in ``checkpoints/``: staging directories of
+    processes that are gone, and those of older versions (``.staging-*``), which nothing swept."""
+    ckpt_dir = out_dir / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return
+    sweep_stale(ckpt_dir)
+    for p in ckpt_dir.glob(".staging-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    (ckpt_dir / ".latest.tmp").unlink(missing_ok=True)
 
 
 def save_checkpoint(engine, out_dir: Path, step: int, client_state: dict, dist: Dist,
                     keep: int = 2) -> Path:
     ckpt_dir = out_dir / "checkpoints"
     tag = f"step_{step:08d}"
-    staging = ckpt_dir / f".staging-{tag}"
+    # Named after rank 0's process, so a killed save is swept by the next run (``sweep_stale``).
+    staging = ckpt_dir / _broadcast_name(f"{temp_name_prefix(tag)}staging.tmp", dist)
+    try:
+        if dist.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier(dist)
+        # Frozen weights (a LoRA run's base model) are not saved: they are re-read from the base.
+        engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=_has_frozen(engine))
+        save_rng_state(staging / tag / f"rng_rank{dist.rank}.safetensors")
+        barrier(dist)
+        if dist.rank == 0:
+            final = ckpt_dir / tag
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging / tag, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            with atomic_path(ckpt_dir / "latest") as tmp:
+                tmp.write_text(tag + "\n")
+    except BaseException as e:
+        error = _write_failed(e, ckpt_dir) if isinstance(e, Exception) and not isinstance(e, LmforgeError) else None
+        if dist.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        if error is not None:
+            raise error from e
+        raise
     if dist.rank == 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier(dist)
-    # Frozen weights (a LoRA run's base model) are not saved: they are re-read from the base.
-    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=_has_frozen(engine))
-    torch.save(_rng_state(), staging / tag / f"rng_rank{dist.rank}.pt")
-    barrier(dist)
-    if dist.rank == 0:
-        final = ckpt_dir / tag
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging / tag, final)
-        shutil.rmtree(staging, ignore_errors=True)
-        tmp = ckpt_dir / ".latest.tmp"
-        tmp.write_text(tag + "\n")
-        os.replace(tmp, ckpt_dir / "latest")
         old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())[:-keep]
         for p in old:
             shutil.rmtree(p, ignore_errors=True)
@@ -494,6 +649,9 @@ def save_checkpoint(engine, out_dir: Path, step: int, client_state: dict, dist: 
 
 def load_checkpoint(engine, out_dir: Path, tag: str, dist: Dist) -> dict:
     ckpt_dir = out_dir / "checkpoints"
+    check_checkpoint_files(ckpt_dir / tag)
+    if hasattr(engine, "checkpoint_engine") and not isinstance(engine.checkpoint_engine, _SafeLoads):
+        engine.checkpoint_engine = _SafeLoads(engine.checkpoint_engine)
     # Optimizer.load_state_dict takes every group setting from the checkpoint, ``fused`` and
     # ``foreach`` too: keep the ones this run built (a run resumed under the other engine).
     kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in engine.optimizer.param_groups]
@@ -501,12 +659,12 @@ def load_checkpoint(engine, out_dir: Path, tag: str, dist: Dist) -> dict:
                                                 load_lr_scheduler_states=False,
                                                 load_module_strict=not _has_frozen(engine))
     if path is None:
-        raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+        raise LmforgeError(f"could not load checkpoint {ckpt_dir / tag}")
     for group, kept in zip(engine.optimizer.param_groups, kernels):
         group.update(kept)
-    rng = ckpt_dir / tag / f"rng_rank{dist.rank}.pt"
+    rng = ckpt_dir / tag / f"rng_rank{dist.rank}.safetensors"
     if rng.exists():  # absent when resuming on more ranks than saved: data order is still exact
-        _set_rng_state(torch.load(rng, weights_only=False))
+        load_rng_state(rng)
     return client_state or {}
 
 
@@ -533,24 +691,37 @@ def run_fingerprint(config_record: dict | None, inputs: Iterable[str | Path]) ->
     return json.loads(json.dumps({"config": config, "inputs": files}, default=str))
 
 
-def _start_fresh_if_changed(out_dir: Path, fingerprint: dict, dist: Dist, telemetry: Telemetry) -> None:
+def _start_fresh_if_changed(out_dir: Path, fingerprint: dict, config_record: dict | None, dist: Dist,
+                            telemetry: Telemetry) -> None:
     """Resume only checkpoints trained from the same config and inputs. Otherwise (new data, a
     new base model, another learning rate) the run directory's checkpoints and logs are cleared,
     so materializing again after an upstream change trains again instead of re-exporting the
-    old weights; a run directory from before fingerprints counts as changed."""
-    path = out_dir / "run_fingerprint.json"
+    old weights; checkpoints without a fingerprint count as changed.
+
+    The fingerprint and config of the run in progress live in ``checkpoints/``, beside the state
+    they describe: the previous run's ``model/`` keeps its own, so a run killed before its export
+    leaves that model as it was, with the record of what it was trained from."""
+    ckpt_dir = out_dir / "checkpoints"
+    path = ckpt_dir / "run_fingerprint.json"
     tag = latest_checkpoint(out_dir)
-    same = path.exists() and json.loads(path.read_text()) == fingerprint
+    try:
+        same = path.exists() and json.loads(path.read_text()) == fingerprint
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        same = False
     barrier(dist)  # every rank has decided before rank 0 changes anything
     if tag is not None and not same:
         telemetry.log(f"the config or the inputs changed since checkpoint {tag}: training from scratch")
-        if dist.rank == 0:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if dist.rank == 0:
+        sweep_checkpoints(out_dir)
+        if not same:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
             shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
             (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    if dist.rank == 0 and not same:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")
+            ckpt_dir.mkdir(parents=True)
+            if config_record is not None:
+                write_json(ckpt_dir / "train_config.json", config_record)
+            with atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")
     barrier(dist)
 
 
@@ -573,9 +744,11 @@ class TrainResult:
     trainable_params: int
     engine_name: str
     engine: Any = field(default=None, repr=False)
+    # What the trained weights come from, to be exported with them (``save_hf_model(records=)``).
+    records: dict = field(default_factory=dict, repr=False)
 
     def to_metadata(self) -> dict:
-        meta = {k: v for k, v in self.__dict__.items() if k not in ("engine", "engine_name")}
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("engine", "engine_name", "records")}
         return {**meta, "engine": self.engine_name}
 
 
@@ -683,7 +856,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
                   + (f", loss in chunks of {cfg.loss_chunk} tokens" if cfg.loss_chunk else "")
                   + (", torch.compile" if compile_ else ""))
 
-    _start_fresh_if_changed(out_dir, run_fingerprint(config_record, inputs), dist, telemetry)
+    fingerprint = run_fingerprint(config_record, inputs)
+    _start_fresh_if_changed(out_dir, fingerprint, config_record, dist, telemetry)
     start, tokens, first_loss, elapsed, resumed_from = 0, 0, None, 0.0, None
     saved_loss = saved_val_loss = None
     tag = latest_checkpoint(out_dir)
@@ -709,8 +883,6 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"))
-        if config_record is not None and start == 0:
-            (out_dir / "train_config.json").write_text(json.dumps(config_record, indent=2, default=str) + "\n")
 
     def log_metrics(record: dict) -> None:
         if dist.rank != 0:
@@ -806,7 +978,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         final_loss=loss, final_val_loss=val_loss, tokens=tokens, tokens_per_s=tps,
         mfu=tps * flops_per_token / (cfg.peak_flops * dist.world_size), wall_s=elapsed,
         resumed_from=resumed_from, params=n_params, trainable_params=n_trainable, engine_name=engine_name,
-        engine=engine)
+        engine=engine, records={"run_fingerprint.json": fingerprint,
+                                **({"train_config.json": config_record} if config_record is not None else {})})
 
 
 def report_run(out_dir: Path, stats: dict, dist: Dist, telemetry: Telemetry, title: str) -> None:
@@ -830,17 +1003,19 @@ def gathered_module(engine):
 
 
 def save_hf_model(engine, out: Path, dist: Dist, tokenizer_dir: str | Path | None = None,
-                  **save_kwargs) -> None:
-    """Rank 0 writes ``engine.module`` with ``save_pretrained`` (plus the tokenizer's files)
-    atomically to ``out``; every rank must call this (ZeRO-3 gathers collectively)."""
-    from lmforge.io import atomic_path
-
+                  records: dict[str, Any] | None = None, **save_kwargs) -> None:
+    """Rank 0 writes ``engine.module`` with ``save_pretrained`` (plus the tokenizer's files and
+    ``records``, JSON files such as ``TrainResult.records``: what the weights were trained from)
+    to ``out`` and commits it by one rename, so the weights and their records change together;
+    every rank must call this (ZeRO-3 gathers collectively)."""
     with gathered_module(engine):
         if dist.rank == 0:
-            with atomic_path(out) as tmp:
+            with atomic_path(out, "dir") as tmp:
                 engine.module.save_pretrained(str(tmp), **save_kwargs)
                 if tokenizer_dir is not None:
                     copy_tokenizer_files(tokenizer_dir, tmp)
+                for name, obj in (records or {}).items():
+                    (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     barrier(dist)
 
 

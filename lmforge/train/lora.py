@@ -7,7 +7,10 @@ ADAPTER_DIR is a PEFT adapter directory (``adapter_config.json`` + ``adapter_mod
 base model can serve one adapter per task. It also holds the run's ``summary.json``,
 ``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/`` (adapter and optimizer state only; the
 frozen base is re-read from MODEL_DIR on resume). ``--merge`` also writes ``ADAPTER_DIR/merged/``,
-a plain Hugging Face model with the adapter folded into the weights.
+a plain Hugging Face model with the adapter folded into the weights. The adapter's
+``train_config.json`` and ``run_fingerprint.json`` say what it was trained from: they are removed
+before a new adapter's files replace the old ones and written after, so they never describe
+another adapter (the run in progress keeps its own in ``checkpoints/``).
 
 ``--qlora`` loads the frozen base in 4-bit NF4 (bitsandbytes) and needs a CUDA GPU.
 """
@@ -15,6 +18,7 @@ a plain Hugging Face model with the adapter folded into the weights.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from lmforge.io import atomic_path
+from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
 from lmforge.train.loop import (barrier, copy_tokenizer_files, gathered_module, init_distributed, report_run,
                                 train)
 from lmforge.train.sft import RunStats, SFTConfig, check_inputs, prepare
@@ -71,15 +75,22 @@ def _load_base(cfg: LoraConfig):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def _save_adapter(engine, out: Path, base: str, dist) -> None:
-    """Rank 0 writes the adapter files into ``out`` (beside the run's own files), each by rename."""
+def _save_adapter(engine, out: Path, base: str, dist, records: dict | None = None) -> None:
+    """Rank 0 writes the adapter files into ``out`` (beside the run's own files), each by rename.
+    The adapter lies beside the run's files, so it cannot be swapped by one rename: its
+    ``records`` are taken away first and put back last, so they never describe another adapter."""
+    records = records or {}
     with gathered_module(engine):
         if dist.rank == 0:
-            tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+            tmp = Path(tempfile.mkdtemp(prefix=temp_name_prefix("adapter"), suffix=".tmp", dir=out))
             try:
                 engine.module.save_pretrained(str(tmp))
                 copy_tokenizer_files(base, tmp)
-                for f in tmp.iterdir():
+                for name, obj in records.items():
+                    (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+                for name in records:
+                    (out / name).unlink(missing_ok=True)
+                for f in sorted(tmp.iterdir(), key=lambda f: f.name in records):
                     os.replace(f, out / f.name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -94,7 +105,7 @@ def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path) ->
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
                                       str(adapter_dir))
     merged = model.merge_and_unload()
-    with atomic_path(out) as tmp:
+    with atomic_path(out, "dir") as tmp:
         merged.save_pretrained(str(tmp))
         copy_tokenizer_files(base, tmp)
 
@@ -109,7 +120,6 @@ def train_lora(cfg: LoraConfig) -> RunStats:
     if cfg.qlora and (cfg.device == "cpu" or not torch.cuda.is_available()):
         _load_base(cfg)  # raises the clear error before any process group is set up
     dist = init_distributed(cfg.device)
-    out = Path(cfg.out_dir)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = prepare(cfg, tokenizer, dist.world_size)
     run_cfg = cfg.model_copy(update={"max_steps": max_steps})
@@ -122,6 +132,7 @@ def train_lora(cfg: LoraConfig) -> RunStats:
     # LoRA's A matrices start random, drawn from the global RNG: seed it, or the same command
     # trains a different adapter depending on what ran before in the process.
     torch.manual_seed(cfg.seed)
+    out = claim_output_dir(cfg.out_dir)
     model = get_peft_model(base_model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                       target_modules=cfg.targets, task_type="CAUSAL_LM"))
     from lmforge.train.model import flops_per_token
@@ -130,7 +141,7 @@ def train_lora(cfg: LoraConfig) -> RunStats:
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
                        flops_per_token=flops_per_token(base_model.config, cfg.max_len),
                        config_record=run_cfg.model_dump(), inputs=[cfg.base, cfg.data])
-        _save_adapter(result.engine, out, cfg.base, dist)
+        _save_adapter(result.engine, out, cfg.base, dist, records=result.records)
         if cfg.merge and dist.rank == 0:
             merge_adapter(cfg.base, out, out / "merged")
         stats = RunStats(**result.to_metadata(), **{f"data_{k}": v for k, v in data_stats.to_metadata().items()},
@@ -162,4 +173,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('lora', main, sys.argv[1:]))

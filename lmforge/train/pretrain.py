@@ -6,9 +6,13 @@ Running the same command on the same RUN_DIR resumes from its newest checkpoint.
 re-launches itself under torchrun with N ranks (DeepSpeed ZeRO shards across them).
 
 The run directory holds ``model/`` (Hugging Face ``save_pretrained`` + tokenizer files: loads with
-``AutoModelForCausalLM`` / ``AutoTokenizer``), ``checkpoints/`` (DeepSpeed layout, for resume),
-``metrics.jsonl`` (one line per logged step), ``loss_curve.png``, ``summary.json``,
-``train_config.json`` and ``tensorboard/``. The materialization metadata shows the loss curve.
+``AutoModelForCausalLM`` / ``AutoTokenizer``; with the ``train_config.json`` and
+``run_fingerprint.json`` it was trained from), ``checkpoints/`` (DeepSpeed layout, for resume, with
+the config of the run in progress), ``metrics.jsonl`` (one line per logged step),
+``loss_curve.png``, ``summary.json`` and ``tensorboard/``. The materialization metadata shows the
+loss curve. ``--out`` must be new, empty, or a run directory lmforge made (it holds
+``.lmforge-output``); the shards, the tokenizer and the destination are checked before any of it
+is touched.
 
 On one process the plain PyTorch engine trains (``--engine``, see ``loop.py``); ``--loss-chunk``
 and ``--attention-backend`` are the speed knobs of ``model.py``.
@@ -23,8 +27,10 @@ from pathlib import Path
 
 from pydantic import Field
 
+from lmforge.errors import LmforgeError
+from lmforge.io import check_output, claim_output_dir
 from lmforge.train import launch
-from lmforge.train.data import TokenWindows, read_header
+from lmforge.train.data import TokenWindows, check_vocabulary, read_header
 from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
 from lmforge.train.model import PRESETS, build_model, chinchilla_tokens, flops_per_token, get_preset, model_config
 from lmforge.train.telemetry import Telemetry
@@ -52,31 +58,36 @@ class PretrainStats(dict):
         return dict(self)
 
 
-def _check(cfg: PretrainConfig) -> None:
+def _check(cfg: PretrainConfig):
+    """Everything that can be wrong with the inputs and the destination, before any work and
+    before the run directory is made or changed. Returns the tokenizer."""
+    from transformers import AutoTokenizer
+
     for name in ("data_dir", "tokenizer_dir", "out_dir"):
         if not getattr(cfg, name):
-            raise ValueError(f"{name} is required")
+            raise LmforgeError(f"{name} is required")
     get_preset(cfg.preset)
-    if not Path(cfg.tokenizer_dir, "tokenizer.json").exists():
-        raise FileNotFoundError(f"no tokenizer.json in {cfg.tokenizer_dir}")
+    if not Path(cfg.tokenizer_dir, "tokenizer.json").is_file():
+        raise LmforgeError(f"no tokenizer.json in {cfg.tokenizer_dir}")
     read_header(cfg.data_dir, "train")
+    check_output(cfg.out_dir, "dir")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+    except Exception as e:  # noqa: BLE001 - a broken tokenizer directory, whatever the library says
+        raise LmforgeError(f"cannot load the tokenizer in {cfg.tokenizer_dir}: {' '.join(str(e).split())[:200]}") from None
+    check_vocabulary(cfg.data_dir, len(tokenizer))
+    return tokenizer
 
 
 def pretrain(cfg: PretrainConfig) -> PretrainStats:
     """Train (or resume) one run; every rank calls this, rank 0 writes the outputs."""
-    from transformers import AutoTokenizer
-
-    _check(cfg)
-    dist = init_distributed(cfg.device)
-    out = Path(cfg.out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+    tokenizer = _check(cfg)
     seq_len = cfg.seq_len or get_preset(cfg.preset).seq_len
     train_windows = TokenWindows(cfg.data_dir, "train", seq_len, seed=cfg.seed)
     val_windows = (TokenWindows(cfg.data_dir, "val", seq_len, seed=cfg.seed)
                    if Path(cfg.data_dir, "val.json").exists() else None)
-    if train_windows.vocab_size > len(tokenizer):
-        raise ValueError(f"shards were written with vocab_size {train_windows.vocab_size} but the "
-                         f"tokenizer has {len(tokenizer)} tokens: wrong --tokenizer?")
+    out = claim_output_dir(cfg.out_dir)
+    dist = init_distributed(cfg.device)
     mconf = model_config(cfg.preset, len(tokenizer), bos_id=tokenizer.bos_token_id,
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seq_len=seq_len)
     model = build_model(mconf, seed=cfg.seed)
@@ -94,7 +105,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
         result = train(model, cfg, out, batch_fn=batch_fn, eval_fn=eval_fn if val_windows else None,
                        dist=dist, telemetry=tel, flops_per_token=flops_per_token(mconf, seq_len),
                        config_record=cfg.model_dump(), inputs=[cfg.data_dir, cfg.tokenizer_dir])
-        save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.tokenizer_dir)
+        save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.tokenizer_dir,
+                      records=result.records)
         stats = PretrainStats(
             preset=cfg.preset, params=result.params, steps=result.steps,
             first_loss=result.first_loss, final_loss=result.final_loss, val_loss=result.final_val_loss,
@@ -133,4 +145,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('pretrain', main, sys.argv[1:]))

@@ -12,8 +12,11 @@ The loss of a step is the mean NLL over all assistant tokens of the step (see ``
 With ``packing`` (the default) the conversations of a micro-batch share rows of ``max_len``
 positions without seeing each other (``packing.py``) instead of each being padded to the longest:
 the same conversations per step and the same loss, with fewer padded positions to compute.
-The run directory gets ``model/`` (HF + tokenizer files), ``summary.json``, ``metrics.jsonl``,
-``loss_curve.png``, ``checkpoints/`` (resume) and ``tensorboard/``.
+The run directory gets ``model/`` (HF + tokenizer files, with the ``train_config.json`` and
+``run_fingerprint.json`` it was trained from, committed together by one rename), ``summary.json``,
+``metrics.jsonl``, ``loss_curve.png``, ``checkpoints/`` (resume) and ``tensorboard/``. A run that
+starts again from scratch (new data or config) leaves the previous ``model/`` in place until its
+own is complete. The base model, the data and the destination are checked before any work.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from lmforge.errors import LmforgeError
+from lmforge.io import check_output, claim_output_dir
 from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
 from lmforge.train.packing import pack_batch
 from lmforge.train.sft_data import read_conversations
@@ -132,10 +137,18 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
     looser than what ``sft_data`` writes."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no chat data at {path}")
-    conversations = list(read_conversations(path, validate=_check_messages))
+        raise LmforgeError(f"no chat data at {path}")
+    if not path.is_file():
+        raise LmforgeError(f"{path} is not a file: give a chat JSONL file "
+                           '(one {"messages": [...]} object per line)')
+    try:
+        conversations = list(read_conversations(path, validate=_check_messages))
+    except UnicodeDecodeError:
+        raise LmforgeError(f"{path} is not text: give a chat JSONL file") from None
+    except ValueError as e:
+        raise LmforgeError(f"{' '.join(str(e).split())[:300]}") from None
     if not conversations:
-        raise ValueError(f"{path}: no conversations")
+        raise LmforgeError(f"{path}: no conversations (an empty file?)")
     return conversations
 
 
@@ -266,14 +279,31 @@ def prepare(cfg: SFTConfig, tokenizer, world_size: int):
     return data_stats, train_ex, val_ex, max_steps, batch_fn, (eval_fn if val_ex else None)
 
 
+# The weight files ``from_pretrained`` reads (safetensors, or PyTorch's, which transformers loads
+# with weights_only=True), one file or sharded with an index.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_base_model(base: str | Path) -> None:
+    base = Path(base)
+    if not base.is_dir():
+        raise LmforgeError(f"no model directory at {base}")
+    if not (base / "config.json").is_file():
+        raise LmforgeError(f"no Hugging Face model (config.json) in {base}")
+    if not any((base / name).is_file() for name in WEIGHT_FILES):
+        raise LmforgeError(f"{base} has a config.json but no weights ({', '.join(WEIGHT_FILES[::2])})")
+
+
 def check_inputs(cfg) -> None:
+    """The base model, the data and the destination, before any work: each problem is one line,
+    and the run directory is not made or changed."""
     for name in ("base", "data", "out_dir"):
         if not getattr(cfg, name):
-            raise ValueError(f"{name} is required")
-    if not Path(cfg.base, "config.json").exists():
-        raise FileNotFoundError(f"no Hugging Face model (config.json) in {cfg.base}")
-    if not Path(cfg.data).exists():
-        raise FileNotFoundError(f"no chat data at {cfg.data}")
+            raise LmforgeError(f"{name} is required")
+    check_base_model(cfg.base)
+    read_chat_jsonl(cfg.data)
+    check_output(cfg.out_dir, "dir")
 
 
 def sft(cfg: SFTConfig) -> RunStats:
@@ -282,11 +312,11 @@ def sft(cfg: SFTConfig) -> RunStats:
 
     check_inputs(cfg)
     dist = init_distributed(cfg.device)
-    out = Path(cfg.out_dir)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = prepare(cfg, tokenizer, dist.world_size)
     run_cfg = cfg.model_copy(update={"max_steps": max_steps})
     model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+    out = claim_output_dir(cfg.out_dir)
     from lmforge.train.model import flops_per_token
 
     with Telemetry(dist.rank, prefix="sft") as tel:
@@ -296,7 +326,7 @@ def sft(cfg: SFTConfig) -> RunStats:
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,
                        flops_per_token=flops_per_token(model.config, cfg.max_len),
                        config_record=run_cfg.model_dump(), inputs=[cfg.base, cfg.data])
-        save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.base)
+        save_hf_model(result.engine, out / "model", dist, tokenizer_dir=cfg.base, records=result.records)
         stats = RunStats(**result.to_metadata(), **{f"data_{k}": v for k, v in data_stats.to_metadata().items()},
                          val_conversations=len(val_ex), world_size=dist.world_size, zero_stage=cfg.zero_stage,
                          model_dir=str(out / "model"))
@@ -333,4 +363,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmforge.cli import run
+    sys.exit(run('sft', main, sys.argv[1:]))

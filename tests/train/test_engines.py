@@ -98,7 +98,8 @@ def test_pretrain_plain_engine_matches_deepspeed(plain_run, shards_dir, tokenize
         assert torch.allclose(a, b, rtol=0, atol=TOLERANCE)
     # Same checkpoint layout: DeepSpeed's stage-0 file under each tag.
     for run in (plain_dir, tmp_path / "ds"):
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000003", "step_00000006"]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+            "latest", "run_fingerprint.json", "step_00000003", "step_00000006", "train_config.json"]
         assert (run / "checkpoints" / "step_00000006" / "mp_rank_00_model_states.pt").exists()
 
 

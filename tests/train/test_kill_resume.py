@@ -33,6 +33,8 @@ from lmforge.train.loop import latest_checkpoint
 
 MAX_STEPS = 32
 SAVE_EVERY = 4
+# A checkpoint being saved: a temporary that lmforge.io.sweep_stale attributes to its process.
+STAGING = ".step_*.lmforge-*.tmp"
 
 
 def _command(shards_dir: Path, tokenizer_dir: Path, out: Path, engine: str) -> list[str]:
@@ -97,7 +99,7 @@ def _kill_after_checkpoint(proc: subprocess.Popen, run: Path, log: Path) -> str 
                 armed_at = time.monotonic()
         if armed_at is not None:
             # A save takes a good share of a step here, so polling usually catches one in flight.
-            staging = [p.name for p in ckpt.glob(".staging-*/step_*")]
+            staging = [p.name for p in ckpt.glob(STAGING + "/step_*")]
             if staging or time.monotonic() - armed_at > 0.5:
                 staged = staging[0] if staging else None
                 proc.send_signal(signal.SIGKILL)
@@ -118,7 +120,7 @@ def _plant_torn_checkpoint(run: Path, latest: str) -> str:
     for f in (ckpt / torn).glob("*model_states.pt"):
         data = f.read_bytes()
         f.write_bytes(data[: len(data) // 3])
-    (ckpt / torn / "rng_rank0.pt").unlink()
+    (ckpt / torn / "rng_rank0.safetensors").unlink()
     return torn
 
 
@@ -158,7 +160,7 @@ def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged, engine):
     assert max(_logged_steps(run_dir)) >= _step_of(latest) + 1
     if staged is not None and staged != latest:
         # The kill caught a save in flight: its files lie half-written in staging.
-        assert (run_dir / "checkpoints" / f".staging-{staged}").is_dir()
+        assert list((run_dir / "checkpoints").glob(f".{staged}.lmforge-*.tmp/{staged}"))
     # Whether or not the kill caught a save in flight, also leave the worst case a crash mid-save
     # could: a newer, torn checkpoint directory. Resume must go by ``latest``, not by listing.
     torn = _plant_torn_checkpoint(run_dir, latest)
@@ -196,5 +198,6 @@ def _check_resume(shards_dir, tokenizer_dir, tmp_path, ref, staged, engine):
     # staging directory is left behind.
     ckpt = run_dir / "checkpoints"
     assert latest_checkpoint(run_dir) == f"step_{MAX_STEPS:08d}"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", f"step_{MAX_STEPS - SAVE_EVERY:08d}",
-                                                      f"step_{MAX_STEPS:08d}"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "run_fingerprint.json",
+                                                      f"step_{MAX_STEPS - SAVE_EVERY:08d}",
+                                                      f"step_{MAX_STEPS:08d}", "train_config.json"]

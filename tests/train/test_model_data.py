@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.train.data import TokenWindows, open_shard
 from lmforge.train.loop import TrainConfig, lr_at
 from lmforge.train.model import (build_model, chinchilla_steps, chinchilla_tokens, count_params,
@@ -73,16 +74,16 @@ def test_windows_are_deterministic_and_sharded(shards_dir):
 
 
 def test_bad_shards_are_rejected(tmp_path, shards_dir):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(LmforgeError, match="no token shard header"):
         TokenWindows(tmp_path, "train", 32)
     (tmp_path / "train.json").write_text(json.dumps({"dtype": "uint16", "num_tokens": 100, "vocab_size": 10,
                                                      "eos_id": 0, "num_documents": 1}))
     np.arange(50, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    with pytest.raises(ValueError, match="does not match header"):
+    with pytest.raises(LmforgeError, match="does not match header"):
         TokenWindows(tmp_path, "train", 32)
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "train.bin")
-    with pytest.raises(ValueError, match="fewer than one window"):
+    with pytest.raises(LmforgeError, match="fewer than one window"):
         TokenWindows(tmp_path, "train", 128)
     (tmp_path / "train.json").write_text(json.dumps({"dtype": "int8", "num_tokens": 100, "vocab_size": 10, "eos_id": 0}))
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(LmforgeError, match="dtype"):
         TokenWindows(tmp_path, "train", 32)
