@@ -126,7 +126,8 @@ def check_output(final: str | os.PathLike, kind: Kind = "file") -> Path:
             raise OutputError(f"{final} is a file; give the path of a directory to write")
         if final.is_dir() and not _is_empty_dir(final) and not is_lmforge_output(final):
             raise OutputError(f"{final} is a non-empty directory that lmforge did not make "
-                              f"(no {OUTPUT_MARKER} in it); give a new or empty directory")
+                              f"(no {OUTPUT_MARKER} in it); give a new or empty directory (one "
+                              f"an earlier lmforge made: create {OUTPUT_MARKER} in it)")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=temp_name_prefix(final.name), suffix=".tmp",
