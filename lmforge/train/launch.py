@@ -66,33 +66,34 @@ def relaunch(module: str, config_json: str, out_dir: str | os.PathLike, nproc: i
     return subprocess.call(argv)
 
 
-def read_config(cls, value: str | None, overrides: dict):
-    """A config of class ``cls`` from ``--config`` (a JSON file or an inline JSON object), with the
-    command line's explicit flags (``overrides``, None = not given) applied on top."""
-    import json
+def training_parser(prog: str, description: str | None, config_cls,
+                    aliases: dict[str, str]) -> argparse.ArgumentParser:
+    """The parser of a training command: one flag per field of ``config_cls`` (help = its
+    description and default), ``aliases`` (short flags for the paths: ``--data`` -> ``data``),
+    ``--config FILE`` and the process flags ``--nproc`` / ``--launcher``."""
+    from lmforge.config import add_config_arguments
 
-    data: dict = {}
-    if value:
-        text = value if value.lstrip().startswith("{") else Path(value).read_text()
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("--config must hold a JSON object")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return cls.model_validate(data)
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, field in aliases.items():
+        info = config_cls.model_fields[field]
+        p.add_argument(flag, dest=field, default=None, help=info.description)
+    add_config_arguments(p, config_cls, exclude=set(aliases.values()))
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (ranks); > 1 re-launches under --launcher")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="torchrun", help="for --nproc > 1")
+    return p
 
 
 def run_cli(module: str, config_cls, fn, parser: argparse.ArgumentParser, argv) -> int:
-    """Shared by pretrain / sft / lora: parse, validate, re-launch for --nproc > 1, or run here."""
+    """Shared by pretrain / sft / lora: parse, validate, re-launch for --nproc > 1, or run here.
+    A bad flag, config file or input is one line and exit status 2 (``lmforge.cli.run``)."""
+    from lmforge.config import config_from_args
     from lmforge.errors import LmforgeError
 
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "nproc", "launcher")}
     try:
-        cfg = config_cls.model_validate(read_config(config_cls, args.config, overrides).model_dump())
-    except Exception as e:  # noqa: BLE001 - one line for any bad input, not a traceback
-        print(f"{parser.prog}: error: {' '.join(str(e).split())[:400]}", file=sys.stderr)
-        return 2
-    try:
+        cfg = config_from_args(config_cls, args)
         if args.nproc > 1 and not in_launched_process():
             return relaunch(module, cfg.model_dump_json(), cfg.out_dir, args.nproc, args.launcher)
         fn(cfg)

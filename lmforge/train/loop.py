@@ -40,7 +40,6 @@ was trained from.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -65,7 +64,6 @@ from pydantic import BaseModel, Field
 
 from lmforge.errors import LmforgeError, OutputError
 from lmforge.io import atomic_path, sweep_stale, temp_name_prefix, write_json
-from lmforge.train import launch
 from lmforge.train.model import (ATTENTION_BACKENDS, attention_context, causal_lm_parts, check_attention_backend,
                                  count_params,
                                  linear_cross_entropy)
@@ -113,22 +111,6 @@ class TrainConfig(BaseModel):
                              "several times faster on one thread than with OpenMP across busy cores")
     peak_flops: float = Field(989e12, gt=0, description="per-device peak FLOP/s for MFU (H100 bf16)")
     deepspeed: dict[str, Any] = Field(default_factory=dict, description="extra DeepSpeed config, merged last")
-
-
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of how a training runs that every training command takes: checkpoints, ZeRO,
-    engine and kernels, device, processes."""
-    p.add_argument("--save-every", dest="save_every", type=int, help="checkpoint every N steps")
-    p.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[0, 1, 2, 3], help="DeepSpeed ZeRO stage")
-    p.add_argument("--engine", choices=["auto", "deepspeed", "plain"],
-                   help="auto (default): plain PyTorch on one process without ZeRO, DeepSpeed otherwise")
-    p.add_argument("--loss-chunk", dest="loss_chunk", type=int,
-                   help="tokens per chunk of the output projection + cross-entropy (0: off)")
-    p.add_argument("--attention-backend", dest="attention_backend",
-                   choices=ATTENTION_BACKENDS, help="SDPA kernel (default auto)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--nproc", type=int, default=1, help="processes (ranks); > 1 re-launches under --launcher")
-    p.add_argument("--launcher", choices=launch.LAUNCHERS, default="torchrun", help="for --nproc > 1")
 
 
 # ---------------------------------------------------------------------------------------------

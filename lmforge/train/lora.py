@@ -17,7 +17,6 @@ another adapter (the run in progress keeps its own in ``checkpoints/``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -155,20 +154,9 @@ def train_lora(cfg: LoraConfig) -> RunStats:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lmforge.train.launch import run_cli
-    from lmforge.train.sft import add_common_flags
+    from lmforge.train.launch import run_cli, training_parser
 
-    p = argparse.ArgumentParser(prog="lmforge lora", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(p)
-    p.add_argument("--out", dest="out_dir", help="adapter directory (PEFT) and run files")
-    p.add_argument("--rank", type=int, help="LoRA rank (default 8)")
-    p.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
-    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
-    p.add_argument("--targets", type=lambda s: [t for t in s.split(",") if t],
-                   help="comma-separated module names (default: q,k,v,o,gate,up,down projections)")
-    p.add_argument("--merge", action="store_true", default=None, help="also export a merged HF model")
-    p.add_argument("--qlora", action="store_true", default=None, help="4-bit base (needs CUDA + bitsandbytes)")
+    p = training_parser("lmforge lora", __doc__, LoraConfig, {"--out": "out_dir"})
     return run_cli("lmforge.train.lora", LoraConfig, train_lora, p, argv)
 
 

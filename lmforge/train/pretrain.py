@@ -21,6 +21,7 @@ and ``--attention-backend`` are the speed knobs of ``model.py``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -31,8 +32,9 @@ from lmforge.errors import LmforgeError
 from lmforge.io import check_output, claim_output_dir
 from lmforge.train import launch
 from lmforge.train.data import TokenWindows, check_vocabulary, read_header
-from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
-from lmforge.train.model import PRESETS, build_model, chinchilla_tokens, flops_per_token, get_preset, model_config
+from lmforge.train.loop import TrainConfig, init_distributed, report_run, save_hf_model, train
+from lmforge.train.model import (PRESETS, ModelPreset, build_model, chinchilla_tokens, flops_per_token,
+                                 get_preset, model_config)
 from lmforge.train.telemetry import Telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,6 +49,23 @@ class PretrainConfig(TrainConfig):
     tokenizer_dir: str = Field("", description="Hugging Face tokenizer directory")
     out_dir: str = Field("", description="run directory (resumes if it holds a checkpoint)")
     seq_len: int | None = Field(None, ge=8, description="context length (None: the preset's)")
+    # The model's shape: the preset's, with any of these set on top, so a new size is a config,
+    # not a new engine preset.
+    d_model: int | None = Field(None, ge=8, description="model width (None: the preset's)")
+    n_layers: int | None = Field(None, ge=1, description="transformer blocks (None: the preset's)")
+    n_heads: int | None = Field(None, ge=1, description="attention heads; must divide d_model "
+                                "(None: the preset's)")
+    n_kv_heads: int | None = Field(None, ge=1, description="key/value heads for grouped-query "
+                                   "attention; must divide n_heads (None: the preset's)")
+    d_ff: int | None = Field(None, ge=8, description="SwiGLU hidden width (None: the preset's)")
+
+    def model_shape(self) -> ModelPreset:
+        """The preset's shape with this config's overrides (seq_len included)."""
+        shape = get_preset(self.preset)
+        overrides = {k: getattr(self, k) for k in
+                     ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "seq_len")
+                     if getattr(self, k) is not None}
+        return dataclasses.replace(shape, **overrides)
 
 
 class PretrainStats(dict):
@@ -66,7 +85,11 @@ def _check(cfg: PretrainConfig):
     for name in ("data_dir", "tokenizer_dir", "out_dir"):
         if not getattr(cfg, name):
             raise LmforgeError(f"{name} is required")
-    get_preset(cfg.preset)
+    try:
+        shape = cfg.model_shape()
+        model_config(shape, 1)  # the head layout is checked here
+    except ValueError as e:
+        raise LmforgeError(str(e)) from None
     if not Path(cfg.tokenizer_dir, "tokenizer.json").is_file():
         raise LmforgeError(f"no tokenizer.json in {cfg.tokenizer_dir}")
     read_header(cfg.data_dir, "train")
@@ -82,13 +105,14 @@ def _check(cfg: PretrainConfig):
 def pretrain(cfg: PretrainConfig) -> PretrainStats:
     """Train (or resume) one run; every rank calls this, rank 0 writes the outputs."""
     tokenizer = _check(cfg)
-    seq_len = cfg.seq_len or get_preset(cfg.preset).seq_len
+    shape = cfg.model_shape()
+    seq_len = shape.seq_len
     train_windows = TokenWindows(cfg.data_dir, "train", seq_len, seed=cfg.seed)
     val_windows = (TokenWindows(cfg.data_dir, "val", seq_len, seed=cfg.seed)
                    if Path(cfg.data_dir, "val.json").exists() else None)
     out = claim_output_dir(cfg.out_dir)
     dist = init_distributed(cfg.device)
-    mconf = model_config(cfg.preset, len(tokenizer), bos_id=tokenizer.bos_token_id,
+    mconf = model_config(shape, len(tokenizer), bos_id=tokenizer.bos_token_id,
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seq_len=seq_len)
     model = build_model(mconf, seed=cfg.seed)
 
@@ -121,23 +145,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmforge pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="PretrainConfig as a JSON file or inline JSON; flags override it")
-    p.add_argument("--preset", help=f"model size: {', '.join(PRESETS)} (default tiny)")
-    p.add_argument("--data", dest="data_dir", help="token shard directory (train.bin/.json, val.bin/.json)")
-    p.add_argument("--tokenizer", dest="tokenizer_dir", help="Hugging Face tokenizer directory")
-    p.add_argument("--out", dest="out_dir", help="run directory; an existing checkpoint there is resumed")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps")
-    p.add_argument("--micro-batch", dest="micro_batch", type=int, help="sequences per micro-batch per process")
-    p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step")
-    p.add_argument("--seq-len", dest="seq_len", type=int, help="context length")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--schedule", choices=["cosine", "wsd", "constant"], help="learning-rate schedule")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="val loss every N steps")
-    p.add_argument("--seed", type=int, help="initialisation and data-order seed")
-    add_run_flags(p)
-    return p
+    return launch.training_parser("lmforge pretrain", __doc__, PretrainConfig,
+                                  {"--data": "data_dir", "--tokenizer": "tokenizer_dir",
+                                   "--out": "out_dir"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ own is complete. The base model, the data and the destination are checked before
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from pydantic import Field
 
 from lmforge.errors import LmforgeError
 from lmforge.io import check_output, claim_output_dir
-from lmforge.train.loop import TrainConfig, add_run_flags, init_distributed, report_run, save_hf_model, train
+from lmforge.train.loop import TrainConfig, init_distributed, report_run, save_hf_model, train
 from lmforge.train.packing import pack_batch
 from lmforge.train.sft_data import read_conversations
 from lmforge.train.telemetry import Telemetry
@@ -336,29 +335,10 @@ def sft(cfg: SFTConfig) -> RunStats:
     return stats
 
 
-def add_common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config as a JSON file or inline JSON; flags override it")
-    p.add_argument("--base", help="Hugging Face model directory to start from")
-    p.add_argument("--data", help="chat JSONL ({\"messages\": [...]} per line)")
-    p.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps (default: --epochs)")
-    p.add_argument("--epochs", type=float, help="passes over the data")
-    p.add_argument("--micro-batch", dest="micro_batch", type=int, help="conversations per micro-batch")
-    p.add_argument("--grad-accum", dest="grad_accum", type=int, help="micro-batches per step")
-    p.add_argument("--max-len", dest="max_len", type=int, help="truncate conversations to N tokens")
-    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                   help="pack conversations into rows of --max-len positions (default: on)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="data-order seed")
-    add_run_flags(p)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from lmforge.train.launch import run_cli
+    from lmforge.train.launch import run_cli, training_parser
 
-    p = argparse.ArgumentParser(prog="lmforge sft", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(p)
-    p.add_argument("--out", dest="out_dir", help="run directory (model/ is the fine-tuned model)")
+    p = training_parser("lmforge sft", __doc__, SFTConfig, {"--out": "out_dir"})
     return run_cli("lmforge.train.sft", SFTConfig, sft, p, argv)
 
 

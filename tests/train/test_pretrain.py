@@ -146,7 +146,15 @@ def test_resume_after_crash_is_exact(shards_dir, tokenizer_dir, tmp_path, monkey
 
 
 def test_cli_rejects_bad_input(tmp_path, tokenizer_dir, capsys):
-    rc = main(["--data", str(tmp_path / "nope"), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "r")])
+    from lmforge.cli import run
+
+    rc = run("pretrain", main, ["--data", str(tmp_path / "nope"), "--tokenizer", str(tokenizer_dir),
+                                "--out", str(tmp_path / "r")])
     assert rc == 2
     assert "no token shard header" in capsys.readouterr().err
-    assert main(["--preset", "huge", "--data", "x", "--tokenizer", "y", "--out", "z"]) == 2
+    assert run("pretrain", main, ["--preset", "huge", "--data", "x", "--tokenizer", "y",
+                                  "--out", "z"]) == 2
+    # the model's shape is a config field: a head layout that cannot work is one line
+    assert run("pretrain", main, ["--n-heads", "3", "--data", "x", "--tokenizer", "y",
+                                  "--out", "z"]) == 2
+    assert "head layout" in capsys.readouterr().err
