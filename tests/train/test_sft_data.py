@@ -15,6 +15,7 @@ import pytest
 from lmforge.io import write_parquet
 from lmforge.paths import benchmarks_dir
 from lmforge.train import sft_data
+from lmforge.benchmarks.gsm8k.reader import strip_calculator
 from lmforge.train.sft_data import (read_conversations, sft_data_from_documents, sft_data_from_qa,
                                     validate_conversation)
 
@@ -69,7 +70,7 @@ def test_from_gsm8k(tmp_path):
         assert answer.endswith(f"\nThe answer is {final}.")
         assert "<<" not in answer and "####" not in answer
         # The worked reasoning is kept: its first line, less calculator annotations.
-        first_line = re.sub(r"<<[^<>]*>>", "", row["answer"].splitlines()[0]).strip()
+        first_line = strip_calculator(row["answer"].splitlines()[0]).strip()
         assert answer.startswith(first_line)
     assert json.loads(json.dumps(stats.to_metadata()))["examples"] == 200
 
@@ -195,7 +196,7 @@ def test_cli_bad_inputs_are_one_line_errors(case, tmp_path):
         says = "qa.jsonl:1"
     elif case == "qa_not_json":
         qa.write_text("question: what?\n")
-        says = "invalid JSON"
+        says = "qa.jsonl:1: not JSON"
     elif case == "docs_no_text_column":
         pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), src / "d.parquet")
         args, says = ["--from-docs", src / "d.parquet"], "missing column"

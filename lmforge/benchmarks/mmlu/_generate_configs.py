@@ -1,9 +1,9 @@
 """Write one lm-eval task YAML per MMLU subject, plus the category groups (run once; output is
-committed). Mirrors lm-eval 0.4.13's `tasks/mmlu/default`, with `lmforge_` names and local data."""
+committed). Mirrors lm-eval 0.4.13's `tasks/mmlu/default`, with `lmforge_` names and local data (lmforge.benchmarks.mmlu.reader)."""
 
 from pathlib import Path
 
-from lmforge.evaluate.tasks import MMLU_SUBJECTS
+from lmforge.benchmarks.mmlu.reader import MMLU_SUBJECTS
 
 HERE = Path(__file__).parent
 CATEGORIES = ("stem", "other", "social_sciences", "humanities")
