@@ -6,7 +6,7 @@
 2. Evaluation throughput (HF backend) against the stock `lm_eval` CLI on the same model, tasks
    and limit: our local task definitions (GSM8K, two MMLU subjects, held-out bits per byte; the
    stock tasks need the hub) through lmforge's `evaluate()`, through the `lmforge eval` command
-   and through `python -m lm_eval --model hf ... --include_path eval_suites/tasks`. The two
+   and through `python -m lm_eval --model hf ... --include_path lmforge/benchmarks`. The two
    commands are timed as whole processes (interpreter start, imports, task index, model load:
    what a user pays); `evaluate()` is timed in-process, after this script's own imports. Both
    score with lm-eval's own code, so the gap is mostly fixed cost (the stock CLI indexes every
