@@ -1,13 +1,17 @@
 """The plain PyTorch engine against DeepSpeed's: the same trajectory, interchangeable checkpoints,
 and a clear error where the plain engine cannot train.
 
-Why the comparisons are (near-)exact: on one CPU thread both engines run the same floating-point
-operations in the same order. ``PlainEngine`` divides each micro-batch's loss by grad_accum and
-clips with the same formula as DeepSpeed's stage-0 engine (global L2 norm, coefficient
-max_norm / (norm + 1e-6) capped at 1), and the optimizer is the same torch AdamW. Today the
-weights come out bit-identical; the tolerances below (1e-6) leave room only for summation-order
-noise, far below what any difference in semantics (a missed clip, a wrong accumulation scale, a
-step on the wrong micro-batch) would produce.
+Why the weights are compared exactly: on CPU both engines run the same floating-point operations
+in the same order (``train`` pins torch to ``cpu_threads``, 1 by default, for every run).
+``PlainEngine`` divides each micro-batch's loss by grad_accum, sums the global gradient norm as
+DeepSpeed's stage-0 clipping does (square root of the summed squared per-tensor norms), clips with
+the same coefficient (max_norm / (norm + 1e-6), capped at 1), and the optimizer is the same torch
+AdamW. No tolerance is safe here: when the plain engine took the norm with
+``torch.nn.utils.clip_grad_norm_`` (the norm of the stacked norms, one float32 ulp off DeepSpeed's
+in about 4 steps out of 10), AdamW amplified that into weights 1.2e-6 apart after two steps, on an
+AVX2 CPU, and 1.2e-7 apart with PyTorch's non-vectorised kernels: how far such noise travels
+depends on the machine. Gradient norms the loop logs for DeepSpeed are summed the other way (see
+``train``), so those alone are compared to ``NORM_TOLERANCE``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from lmforge.train.loop import (PlainEngine, TrainConfig, deepspeed_config, init
 from lmforge.train.model import build_model, model_config
 from lmforge.train.pretrain import PretrainConfig, main, pretrain
 
-TOLERANCE = 1e-6
+NORM_TOLERANCE = 1e-6
 
 
 def _config(shards_dir, tokenizer_dir, out, **kw) -> PretrainConfig:
@@ -45,14 +49,22 @@ def plain_run(shards_dir, tokenizer_dir, tmp_path_factory):
     return out, pretrain(_config(shards_dir, tokenizer_dir, out, engine="auto"))
 
 
+@pytest.fixture
+def one_thread():
+    """Pins torch to one thread, as ``train`` does, and gives the next test its setting back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])
-def test_plain_engine_steps_like_deepspeed(grad_clip):
+def test_plain_engine_steps_like_deepspeed(grad_clip, one_thread):
     """Engine level: 3 accumulation steps, step() after each micro-batch as the loop calls it,
     with clipping off and with a threshold every step exceeds."""
     import deepspeed
 
     init_distributed("cpu")
-    torch.set_num_threads(1)
     cfg = TrainConfig(micro_batch=2, grad_accum=3, grad_clip=grad_clip, lr=1e-2)
     data = torch.randint(0, 64, (2 * 3 * 2, 2, 9), generator=torch.Generator().manual_seed(0))
 
@@ -77,10 +89,10 @@ def test_plain_engine_steps_like_deepspeed(grad_clip):
         return norms, [p.detach().clone() for p in model.parameters()]
 
     (plain_norms, plain_w), (ds_norms, ds_w) = run("plain"), run("deepspeed")
-    assert plain_norms == pytest.approx(ds_norms, rel=TOLERANCE)
+    assert plain_norms == pytest.approx(ds_norms, rel=NORM_TOLERANCE)
     if grad_clip:
         assert min(plain_norms) > grad_clip  # every step was clipped
-    assert all(torch.allclose(a, b, rtol=0, atol=TOLERANCE) for a, b in zip(plain_w, ds_w))
+    assert all(torch.equal(a, b) for a, b in zip(plain_w, ds_w))
 
 
 def test_pretrain_plain_engine_matches_deepspeed(plain_run, shards_dir, tokenizer_dir, tmp_path):
@@ -90,12 +102,12 @@ def test_pretrain_plain_engine_matches_deepspeed(plain_run, shards_dir, tokenize
     ours, theirs = _train_lines(plain_dir), _train_lines(tmp_path / "ds")
     assert [x["step"] for x in ours] == [x["step"] for x in theirs] == list(range(1, 7))
     for a, b in zip(ours, theirs):
-        assert a["loss"] == pytest.approx(b["loss"], rel=TOLERANCE)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=TOLERANCE)
+        assert a["loss"] == b["loss"]
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=NORM_TOLERANCE)
     assert ours[-1]["loss"] < ours[0]["loss"]
-    assert plain["val_loss"] == pytest.approx(ds["val_loss"], rel=TOLERANCE)
-    for a, b in zip(plain.model.parameters(), ds.model.parameters()):
-        assert torch.allclose(a, b, rtol=0, atol=TOLERANCE)
+    assert plain["val_loss"] == ds["val_loss"]
+    for (name, a), b in zip(plain.model.named_parameters(), ds.model.parameters()):
+        assert torch.equal(a, b), f"{name}: max |diff| {(a - b).abs().max().item():.3g}"
     # Same checkpoint layout: DeepSpeed's stage-0 file under each tag.
     for run in (plain_dir, tmp_path / "ds"):
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
