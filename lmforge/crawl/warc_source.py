@@ -41,39 +41,31 @@ shorter than their Content-Length are retried with exponential backoff, from the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gzip
 import hashlib
-import http.client
-import io
 import json
 import os
 import re
-import socket
 import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from warcio.archiveiterator import ArchiveIterator
 
-from lmforge.crawl.crawler import warc_files
+from lmforge.crawl.warc_io import warc_files
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
+# The download and validation steps; ImportFailure and scan_warc stay importable from here.
+from lmforge.crawl.warc_download import (CHUNK, USER_AGENT, ImportFailure,  # noqa: F401
+                                         _copy_capped, _download, _head_size)
+from lmforge.crawl.warc_validate import _GZIP_MAGIC, WarcScan, _sha256, _temp_beside, _validated, scan_warc  # noqa: F401
 
 MANIFEST_FILE = "imports.jsonl"
 FAILURES_FILE = "import_failures.jsonl"
-USER_AGENT = "lmforge-warc-import/0.1 (+https://github.com/lmforge/lmforge)"
-CHUNK = 1024 * 1024
-# Statuses worth asking again: the server may recover (RFC 9110 says so for 503 and 429).
-_RETRY_STATUSES = frozenset({408, 429})
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -117,14 +109,6 @@ class WarcImportStats:
             "manifest_path": self.manifest_path,
             "failures_path": self.failures_path,
         }
-
-
-class ImportFailure(Exception):
-    """One source could not be imported; ``reason`` is the short key counted in the stats."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 # --------------------------------------------------------------------------- sources
@@ -179,202 +163,6 @@ def _target_name(name: str, key: str) -> str:
 
 def _disambiguated(name: str, key: str) -> str:
     return f"{name[: -len('.warc.gz')]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.warc.gz"
-
-
-# --------------------------------------------------------------------------- fetching
-
-def _copy_capped(src: BinaryIO, dst: BinaryIO, max_bytes: int | None) -> tuple[int, bool]:
-    """Copy until EOF or ``max_bytes``; return (bytes copied, whether the source had more)."""
-    n = 0
-    while True:
-        want = CHUNK if max_bytes is None else min(CHUNK, max_bytes - n)
-        if want <= 0:
-            return n, bool(src.read(1))
-        chunk = src.read(want)
-        if not chunk:
-            return n, False
-        dst.write(chunk)
-        n += len(chunk)
-
-
-def _download(url: str, dst: BinaryIO, *, max_bytes: int | None, timeout_s: float, retries: int,
-              backoff_s: float) -> tuple[int, bool]:
-    """Stream ``url`` into ``dst`` (rewound on every retry). Raises ImportFailure."""
-    last: ImportFailure | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-            dst.seek(0)
-            dst.truncate()
-        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                n, capped = _copy_capped(r, dst, max_bytes)
-                expected = r.headers.get("Content-Length")
-                if not capped and expected and expected.isdigit() and n < int(expected):
-                    raise http.client.IncompleteRead(b"", int(expected) - n)
-                return n, capped
-        except urllib.error.HTTPError as e:
-            fail = ImportFailure(f"http_{e.code}", f"HTTP {e.code} {e.reason} for {url}")
-            if e.code < 500 and e.code not in _RETRY_STATUSES:
-                raise fail from None   # 404, 403, ...: asking again will not help
-            last = fail
-        except (TimeoutError, socket.timeout) as e:
-            last = ImportFailure("timeout", f"nothing from {url} for {timeout_s}s ({type(e).__name__})")
-        except http.client.IncompleteRead as e:
-            last = ImportFailure("incomplete", f"{url}: connection closed with {e.expected} bytes "
-                                 "still to come")
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as e:
-            reason = getattr(e, "reason", e)
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                last = ImportFailure("timeout", f"nothing from {url} for {timeout_s}s")
-            else:
-                last = ImportFailure("connection_error", f"{url}: {type(e).__name__}: {reason}")
-        print(f"warc import: {last.detail} (attempt {attempt + 1} of {retries + 1})", file=sys.stderr)
-    assert last is not None
-    raise last
-
-
-def _head_size(url: str, timeout_s: float) -> int | None:
-    """Content-Length of ``url`` from a HEAD request, or None when it cannot be had."""
-    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            size = r.headers.get("Content-Length")
-            return int(size) if size and size.isdigit() else None
-    except (urllib.error.URLError, http.client.HTTPException, OSError):
-        return None
-
-
-# --------------------------------------------------------------------------- validation
-
-@dataclass
-class WarcScan:
-    offsets: list[int] = field(default_factory=list)     # where each complete record starts
-    responses: list[bool] = field(default_factory=list)  # whether each one is a response
-    stop: int | None = None                               # where the first bad record starts
-    error: ImportFailure | None = None
-
-
-def scan_warc(path: str | os.PathLike) -> WarcScan:
-    """Read every record; stop at the first that is not WARC, is cut short or cannot be read.
-
-    ``error`` says what broke (``reason`` not_warc, truncated or corrupt) and ``offsets`` holds
-    the complete records before it. Only gzip is decompressed: no record is parsed, so this is a
-    fraction of the cost of extracting the pages."""
-    scan = WarcScan()
-    # warcio writes its own multi-line warnings to stderr for such files; the scan's result says
-    # what is wrong, once, where the caller reports it.
-    with open(path, "rb") as fh, contextlib.redirect_stderr(io.StringIO()):
-        it = ArchiveIterator(fh, no_record_parse=True)  # the raw block, to count its bytes
-        try:
-            for rec in it:
-                n = 0
-                while chunk := rec.raw_stream.read(CHUNK):
-                    n += len(chunk)
-                offset = it.get_record_offset()  # after the read: it reads the record to its end
-                if rec.format != "warc":
-                    scan.stop, scan.error = offset, ImportFailure(
-                        "not_warc", f"record at byte {offset} is not a WARC record")
-                    return scan
-                if n != rec.length:
-                    scan.stop, scan.error = offset, ImportFailure(
-                        "truncated", f"record at byte {offset} has {n} of its {rec.length} bytes"
-                        if rec.length is not None else
-                        f"record at byte {offset} is cut off in its headers")
-                    return scan
-                scan.offsets.append(offset)
-                scan.responses.append(rec.rec_type == "response")
-        except Exception as e:  # warcio's ArchiveLoadFailed, zlib errors, ...: a damaged file
-            detail = " ".join(str(e).split())[:200].encode("ascii", "backslashreplace").decode()
-            scan.stop = it.offset  # where the record it could not read starts
-            scan.error = ImportFailure("not_warc" if not scan.offsets else "corrupt",
-                                       f"after {len(scan.offsets)} records: "
-                                       f"{type(e).__name__}: {detail}")
-    return scan
-
-
-def _temp_beside(raw: Path, tag: str) -> Path:
-    """Another temporary of the same import, named so the sweep attributes it too."""
-    return raw.with_name(f"{raw.name.removesuffix('.tmp')}-{tag}.tmp")
-
-
-def _gunzip(src: Path, dst: Path) -> bool:
-    """Decompress ``src`` into ``dst``; a stream cut short keeps what came before the cut."""
-    try:
-        with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
-            try:
-                while chunk := fin.read(CHUNK):
-                    fout.write(chunk)
-            except EOFError:
-                pass
-        return True
-    except (OSError, ValueError, zlib.error):  # not gzip after all, or damaged inside
-        return False
-
-
-def _validated(raw: Path, capped: bool, max_bytes: int | None) -> tuple[Path, WarcScan, bool]:
-    """The fetched bytes as a per-record gzip WARC of complete records, checked record by record.
-
-    Returns (file to rename into place, its records, whether it is a cut-down sample).
-    """
-    with open(raw, "rb") as fh:
-        compressed = fh.read(2) == _GZIP_MAGIC
-    src, scan = raw, scan_warc(raw)
-    if compressed and scan.error is not None and scan.error.reason != "truncated":
-        # One gzip member around all records (``gzip file.warc``): warcio refuses it, so
-        # extract would too. Unpack it and compress it again record by record.
-        plain = _temp_beside(raw, "plain")
-        if _gunzip(raw, plain):
-            pscan = scan_warc(plain)
-            if pscan.offsets and (pscan.error is None or capped):
-                src, scan, compressed = plain, pscan, False
-    end = src.stat().st_size
-    if capped:
-        # The cap cut into a record; the last one read whole may still lack its trailer.
-        keep = len(scan.offsets) - (1 if scan.error is None else 0)
-        if keep <= 0:
-            raise ImportFailure("too_large", f"max_bytes={max_bytes} does not hold one "
-                                "complete record; raise it")
-        end = scan.offsets[keep] if keep < len(scan.offsets) else scan.stop
-        scan = WarcScan(scan.offsets[:keep], scan.responses[:keep])
-    elif scan.error is not None:
-        raise scan.error
-    if not scan.offsets:
-        raise ImportFailure("empty", "no WARC records")
-    if compressed:
-        if capped:
-            with open(src, "r+b") as fh:
-                fh.truncate(end)
-        return src, scan, capped
-    packed = _temp_beside(raw, "gz")
-    _gzip_records(src, packed, scan.offsets, end)
-    return packed, scan, capped
-
-
-def _gzip_records(src: Path, dst: Path, offsets: list[int], end: int) -> None:
-    """Compress a plain WARC one record per gzip member, so readers can seek to any record."""
-    bounds = offsets[1:] + [end]
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        for start, stop in zip(offsets, bounds):
-            fin.seek(start)
-            with gzip.GzipFile(fileobj=fout, mode="wb", compresslevel=6, mtime=0) as gz:
-                left = stop - start
-                while left > 0:
-                    chunk = fin.read(min(CHUNK, left))
-                    if not chunk:
-                        break
-                    gz.write(chunk)
-                    left -= len(chunk)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # --------------------------------------------------------------------------- the manifest
 

@@ -51,9 +51,11 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 from warcio.archiveiterator import ArchiveIterator
 
-from lmforge.crawl.crawler import decode_html, looks_like_html, normalize_url, warc_files
+from lmforge.crawl.urls import decode_html, looks_like_html, normalize_url
+from lmforge.crawl.warc_io import warc_files
 from lmforge.crawl.warc_source import scan_warc
-from lmforge.curate.text import InputError, MissingInputError, check_outputs, config_error
+from lmforge.config import add_config_arguments, config_from_args
+from lmforge.curate.text import InputError, MissingInputError, check_outputs
 from lmforge.errors import LmforgeError
 from lmforge.io import removed_path_for, write_parquet
 
@@ -89,7 +91,9 @@ class ExtractConfig(BaseModel):
     favor_recall: bool = Field(True, description="trafilatura: keep more text when unsure")
     include_tables: bool = Field(True, description="trafilatura: keep text inside tables")
     html_content_types: list[str] = Field(
-        default_factory=lambda: ["text/html", "application/xhtml+xml"])
+        default_factory=lambda: ["text/html", "application/xhtml+xml"],
+        description="MIME types of the pages extracted; other responses are removed as not_html "
+        "(a response without a Content-Type is sniffed)")
     max_invalid_fraction: float = Field(
         0.01, ge=0, le=1, description="share of undecodable bytes above which a page is "
         "removed as invalid_encoding (a stray bad byte is tolerated)")
@@ -388,7 +392,6 @@ def extract(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = ExtractConfig()
     p = argparse.ArgumentParser(prog="lmforge extract", description=(
         "Extract the text of the HTML pages in WARC files into a Parquet table of documents "
         "(id, url, title, fetch_time, text). Pages that yield no document go to "
@@ -396,31 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", nargs="+", metavar="WARC_OR_DIR",
                    help="WARC files, or directories of *.warc.gz (e.g. a crawl's --out)")
     p.add_argument("out", metavar="OUT.parquet", help="documents Parquet to write")
-    p.add_argument("--extractor", choices=["resiliparse", "trafilatura"], default=d.extractor,
-                   help="text extractor (default: %(default)s)")
-    p.add_argument("--main-content", action="store_true",
-                   help="resiliparse: keep only main content (drops navigation)")
-    p.add_argument("--skip-selector", action="append", default=None,
-                   help="resiliparse: CSS selector of elements to leave out (repeatable; replaces "
-                   f"the default {list(d.skip_selectors)})")
-    p.add_argument("--no-favor-recall", action="store_true", help="trafilatura: favor precision")
-    p.add_argument("--max-invalid-fraction", type=float, default=d.max_invalid_fraction,
-                   help="share of undecodable bytes that removes a page (default: %(default)s)")
-    p.add_argument("--on-bad-archive", choices=["fail", "skip"], default=d.on_bad_archive,
-                   help="a WARC file that is not a WARC, cut short or damaged: fail with an error "
-                   "(nothing written), or skip it with a warning (default: %(default)s)")
+    add_config_arguments(p, ExtractConfig)
     args = p.parse_args(argv)
     try:
-        try:
-            cfg = ExtractConfig(extractor=args.extractor, main_content=args.main_content,
-                                favor_recall=not args.no_favor_recall,
-                                max_invalid_fraction=args.max_invalid_fraction,
-                                on_bad_archive=args.on_bad_archive,
-                                **({"skip_selectors": args.skip_selector} if args.skip_selector
-                                   else {}))
-        except ValueError as e:  # pydantic's ValidationError: name the field
-            raise InputError(config_error(e)) from None
-        stats = extract(args.inputs, args.out, cfg)
+        stats = extract(args.inputs, args.out, config_from_args(ExtractConfig, args))
     except LmforgeError as e:
         print(f"lmforge extract: error: {e}", file=sys.stderr)
         return 2

@@ -33,13 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +47,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from lmforge.curate.text import (InputError, MissingInputError, check_input_file, check_outputs,
-                                 config_error, extend_schema, input_schema, load_fasttext_model,
-                                 open_sinks)
+from lmforge.config import add_config_arguments, config_from_args
+# The data helpers live in quality_data; they stay importable from here, where callers found them.
+from lmforge.curate.quality_data import (_sample, binary_metrics, fasttext_line,  # noqa: F401
+                                         qa_text, read_texts)
+from lmforge.curate.text import (InputError, MissingInputError, check_outputs, extend_schema,
+                                 input_schema, load_fasttext_model, open_sinks)
 from lmforge.errors import LmforgeError
 from lmforge.io import (atomic_path, check_output, claim_output_dir, read_json, read_parquet_rows,
                         removed_path_for, write_json)
@@ -62,112 +63,50 @@ MODEL_FILE, META_FILE = "quality.bin", "quality.json"
 FORMAT = 1  # bump when the text normalization changes: a model only fits its own normalization
 
 
+# Fields a scoring run does not use (the model directory fixes them): `quality score` leaves them out.
+TRAINING_ONLY = ("positives", "negatives_limit", "max_examples_per_class", "holdout_fraction",
+                 "min_words", "max_chars", "epoch", "lr", "wordNgrams", "dim", "bucket",
+                 "minCount", "thread", "seed")
+
+
 class QualityConfig(BaseModel):
     """Training and scoring settings. Defaults are the `tiny` preset (a few seconds on a CPU)."""
 
-    # Reference text (positives): Parquet files or directories with `text`, JSONL with `text` or
-    # `question`/`answer` (GSM8K style), or plain .txt files (split at blank lines). Empty = the
-    # GSM8K train split of the benchmark mirror (see the module docstring).
-    positives: list[str] = Field(default_factory=list)
-    negatives_limit: int | None = 20_000  # crawl documents read at most (None = all)
-    max_examples_per_class: int = 5_000  # after balancing, each class has at most this many
-    holdout_fraction: float = 0.1  # of each class, kept out of training for the metrics
-    min_words: int = 5  # training examples with fewer words are skipped (empty pages, stubs)
-    max_chars: int = 20_000  # only the start of a long document is used, in training and scoring
+    positives: list[str] = Field(
+        default_factory=list, description="reference text: Parquet files or directories with "
+        "`text`, JSONL with `text` or `question`/`answer` (GSM8K style), or plain .txt files "
+        "(split at blank lines); empty = the GSM8K train split of the benchmark mirror")
+    negatives_limit: int | None = Field(20_000, description="crawl documents read at most "
+                                        "(none = all)")
+    max_examples_per_class: int = Field(5_000, description="after balancing, each class has at "
+                                        "most this many examples")
+    holdout_fraction: float = Field(0.1, description="of each class, kept out of training for "
+                                    "the held-out metrics")
+    min_words: int = Field(5, description="training examples with fewer words are skipped "
+                           "(empty pages, stubs)")
+    max_chars: int = Field(20_000, description="only the start of a long document is used, in "
+                           "training and (through the model's quality.json) in scoring")
 
     # fastText (train_supervised). Bigrams as in DCLM; a small dim and hash-bucket table keep the
     # tiny model at a few MB (fastText's default bucket=2M makes every model ~800 MB at dim 100).
-    epoch: int = 10
-    lr: float = 0.1
-    wordNgrams: int = 2
-    dim: int = 32
-    bucket: int = 100_000
-    minCount: int = 1
-    # One thread makes training deterministic for a given seed; raise it on a big machine.
-    thread: int = 1
-    seed: int = 0
+    epoch: int = Field(10, description="fastText epochs")
+    lr: float = Field(0.1, description="fastText learning rate")
+    wordNgrams: int = Field(2, description="fastText word n-gram features (bigrams, as DCLM)")
+    dim: int = Field(32, description="fastText embedding size (small keeps the model a few MB)")
+    bucket: int = Field(100_000, description="fastText hash buckets for n-grams (its default 2M "
+                        "makes every model ~800 MB at dim 100)")
+    minCount: int = Field(1, description="fastText: words seen fewer times are ignored")
+    thread: int = Field(1, description="fastText training threads; 1 makes training "
+                        "deterministic for a given seed, raise it on a big machine")
+    seed: int = Field(0, description="seed of the class sampling and of fastText")
 
     # Scoring
-    threshold: float = 0.5  # keep documents with P(hq) >= threshold
-    keep_fraction: float | None = None  # keep this top fraction by score instead (DCLM: 0.1)
-    batch_rows: int = 1_000
-
-
-# ---------------------------------------------------------------------------------------------
-# Text as fastText sees it
-
-_PUNCT = re.compile(r"([^\w\s])")
-_CALC = re.compile(r"<<[^>]*>>")
-_FINAL = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
-
-
-def fasttext_line(text: str, max_chars: int = 20_000) -> str:
-    """One lowercased line: NFKC, punctuation split off as its own tokens (so `foo.bar(x)` and
-    `#### |` are visible to the model as symbols), whitespace collapsed. fastText reads one line
-    per example and splits on whitespace only."""
-    text = unicodedata.normalize("NFKC", (text or "")[:max_chars]).lower()
-    return " ".join(_PUNCT.sub(r" \1 ", text).split())
-
-
-def qa_text(question: str, answer: str) -> str:
-    """A GSM8K-style question and worked answer as plain prose."""
-    answer = _FINAL.sub(lambda m: f"The answer is {m.group(1)}.", _CALC.sub("", answer))
-    return f"{question.strip()}\n{answer.strip()}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading positives and negatives
-
-
-def _jsonl_texts(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("text"), str):
-                yield row["text"]
-            elif isinstance(row, dict) and "question" in row and "answer" in row:
-                yield qa_text(str(row["question"]), str(row["answer"]))
-            else:
-                raise InputError(f"{path}:{lineno}: expected a `text` field or `question` and "
-                                 f"`answer` fields")
-
-
-def _txt_texts(path: Path, min_words: int) -> Iterator[str]:
-    """Paragraphs (blank-line separated), merged until each has at least ``min_words`` words."""
-    chunk: list[str] = []
-    words = 0
-    for para in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
-        if para.strip():
-            chunk.append(para.strip())
-            words += len(para.split())
-        if words >= max(min_words, 1):
-            yield "\n\n".join(chunk)
-            chunk, words = [], 0
-    if chunk:
-        yield "\n\n".join(chunk)
-
-
-def read_texts(path: str | Path, min_words: int = 0) -> Iterator[str]:
-    """The documents of one positives source, by its kind (Parquet, JSONL or plain text)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise MissingInputError(f"positives source not found: {p}")
-    if p.is_dir() or p.suffix == ".parquet":
-        input_schema(p, required=("text",))
-        for row in read_parquet_rows(p, columns=["text"]):
-            yield row["text"] or ""
-    elif p.suffix == ".jsonl":
-        yield from _jsonl_texts(check_input_file(p, "positives file"))
-    elif p.suffix == ".txt":
-        yield from _txt_texts(check_input_file(p, "positives file"), min_words)
-    else:
-        raise InputError(f"unsupported positives file {p}: use .parquet (column `text`), .jsonl "
-                         f"(`text` or `question`/`answer`) or .txt")
+    threshold: float = Field(0.5, description="keep documents with P(hq) >= threshold (also the "
+                             "threshold of the held-out metrics)")
+    keep_fraction: float | None = Field(
+        None, description="keep this top fraction by score instead of a fixed threshold (DCLM: "
+        "0.1); overrides threshold when set")
+    batch_rows: int = Field(1_000, description="documents scored per batch")
 
 
 def default_positives() -> list[str]:
@@ -182,50 +121,11 @@ def default_positives() -> list[str]:
     return [str(path)]
 
 
-def _sample(lines: Iterable[str], k: int, rng: random.Random) -> tuple[list[str], int]:
-    """Reservoir sample (Algorithm R) of k lines, in bounded memory; returns (sample, seen)."""
-    sample: list[str] = []
-    seen = 0
-    for line in lines:
-        seen += 1
-        if len(sample) < k:
-            sample.append(line)
-        else:
-            j = rng.randrange(seen)
-            if j < k:
-                sample[j] = line
-    return sample, seen
-
-
 def _examples(texts: Iterable[str], cfg: QualityConfig) -> Iterator[str]:
     for text in texts:
         line = fasttext_line(text, cfg.max_chars)
         if len(line.split()) >= cfg.min_words:
             yield line
-
-
-# ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def binary_metrics(p_hq: np.ndarray, is_hq: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision/recall/F1 of the hq class at ``threshold``, accuracy, and ROC AUC."""
-    pred = p_hq >= threshold
-    tp = int(np.sum(pred & is_hq))
-    fp = int(np.sum(pred & ~is_hq))
-    fn = int(np.sum(~pred & is_hq))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    # AUC = P(score of a random positive > score of a random negative), ties count half.
-    pos, neg = p_hq[is_hq], p_hq[~is_hq]
-    if len(pos) and len(neg):
-        greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-        auc = float(greater / (len(pos) * len(neg)))
-    else:
-        auc = float("nan")
-    return {"accuracy": round(float(np.mean(pred == is_hq)), 4), "precision": round(precision, 4),
-            "recall": round(recall, 4), "f1": round(f1, 4), "auc": round(auc, 4)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,7 +436,6 @@ def _cached(in_path, scores: np.ndarray, batch_rows: int) -> Iterator[tuple[list
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = QualityConfig()
     p = argparse.ArgumentParser(
         prog="lmforge quality",
         description="DCLM-style fastText quality classifier: train it on reference text "
@@ -548,23 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                        description="Train quality.bin (+ quality.json with held-out metrics).")
     t.add_argument("negatives", help="raw crawl documents Parquet (column text): the negatives")
     t.add_argument("out_dir", help="model directory to write quality.bin and quality.json into")
-    t.add_argument("--positives", nargs="+", default=[], metavar="P",
-                   help="reference text: .parquet (text), .jsonl (text or question/answer) or "
-                        ".txt (default: GSM8K train split of the benchmark mirror)")
-    t.add_argument("--negatives-limit", type=int, default=d.negatives_limit,
-                   help=f"crawl documents read at most (default {d.negatives_limit})")
-    t.add_argument("--max-examples-per-class", type=int, default=d.max_examples_per_class,
-                   help=f"examples per class after balancing (default {d.max_examples_per_class})")
-    t.add_argument("--epoch", type=int, default=d.epoch, help=f"fastText epochs (default {d.epoch})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"fastText learning rate (default {d.lr})")
-    t.add_argument("--word-ngrams", type=int, default=d.wordNgrams,
-                   help=f"word n-gram features (default {d.wordNgrams})")
-    t.add_argument("--dim", type=int, default=d.dim, help=f"embedding size (default {d.dim})")
-    t.add_argument("--thread", type=int, default=d.thread,
-                   help=f"training threads (default {d.thread}: deterministic)")
-    t.add_argument("--seed", type=int, default=d.seed, help=f"sampling and fastText seed (default {d.seed})")
-    t.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"P(hq) threshold for the held-out metrics (default {d.threshold})")
+    add_config_arguments(t, QualityConfig)
+    # Earlier spelling of --wordNgrams, kept for scripts that use it.
+    t.add_argument("--word-ngrams", dest="wordNgrams", default=None, help="same as --wordNgrams")
 
     s = sub.add_parser("score", help="score and filter documents",
                        description="Add a quality column (P(hq)) and remove documents below the "
@@ -573,19 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("output", help="kept documents Parquet file (adds quality)")
     s.add_argument("--model", required=True, help="model directory written by `lmforge quality train`")
     s.add_argument("--removed", help="removed documents Parquet (default: <OUT stem>.removed.parquet)")
-    s.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"keep documents with P(hq) >= this (default {d.threshold})")
-    s.add_argument("--keep-fraction", type=float, default=None,
-                   help="keep this top fraction by score instead of a fixed threshold (DCLM: 0.1)")
+    add_config_arguments(s, QualityConfig, exclude=TRAINING_ONLY)
     args = p.parse_args(argv)
 
     try:
+        cfg = config_from_args(QualityConfig, args)
         if args.command == "train":
-            cfg = QualityConfig(positives=args.positives, negatives_limit=args.negatives_limit,
-                                max_examples_per_class=args.max_examples_per_class,
-                                epoch=args.epoch, lr=args.lr, wordNgrams=args.word_ngrams,
-                                dim=args.dim, thread=args.thread, seed=args.seed,
-                                threshold=args.threshold)
             m = train_quality_classifier(args.negatives, args.out_dir, cfg).to_metadata()
             print(f"quality: {m['examples_per_class']} examples per class; held-out accuracy "
                   f"{m['heldout_accuracy']:.3f}, precision {m['heldout_precision']:.3f}, recall "
@@ -594,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model -> {Path(args.out_dir) / MODEL_FILE}")
         else:
             removed = args.removed or removed_path_for(args.output)
-            cfg = QualityConfig(threshold=args.threshold, keep_fraction=args.keep_fraction)
             m = score_documents(args.input, args.output, removed, args.model, cfg).to_metadata()
             print(f"quality: kept {m['kept_documents']}/{m['input_documents']} "
                   f"({m['keep_rate']:.1%}) at P(hq) >= {m['threshold']}; score deciles "
@@ -602,9 +479,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept -> {args.output}\nremoved -> {removed}")
     except (LmforgeError, RuntimeError) as e:
         print(f"lmforge quality: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # pydantic's ValidationError of a flag: name the field
-        print(f"lmforge quality: error: {config_error(e)}", file=sys.stderr)
         return 2
     return 0
 

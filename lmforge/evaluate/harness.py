@@ -27,13 +27,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lmforge.config import add_config_arguments, config_from_args
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output
 from lmforge.paths import REPO_ROOT, benchmarks_dir as default_benchmarks_dir
 
 # Suites and our task YAMLs live beside the package in the checkout (not inside the wheel).
 SUITES_DIR = Path(os.environ.get("LMFORGE_EVAL_SUITES_DIR", REPO_ROOT / "eval_suites"))
-TASKS_DIR = SUITES_DIR / "tasks"
+TASKS_DIR = REPO_ROOT / "lmforge" / "benchmarks"  # our lm-eval tasks: one folder per benchmark
 # Our own tasks: they run completions in lmforge's sandbox, so lm-eval's unsafe-code gate is ours.
 SANDBOXED_TASKS = {"lmforge_humaneval"}
 
@@ -45,29 +46,39 @@ class SuiteTask(BaseModel):
     """One entry of a suite YAML."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a default
-    name: str
-    source: Literal["auto", "hub", "local"] = "auto"
-    local_task: str | None = None  # our task under eval_suites/tasks (reads local files)
-    hub_task: str | None = None  # lm-eval's stock task (reads the hub)
-    num_fewshot: int | None = None
-    limit: int | float | None = None  # lm-eval's limit: per sub-task for groups (MMLU subjects)
-    gen_kwargs: dict[str, Any] | None = None
-    metric: str  # "metric,filter" as in lm-eval's results, e.g. "acc,none"
-    min_score: float | None = None
-    max_score: float | None = None
+    name: str = Field(description="the task's name in summary.json and the report")
+    source: Literal["auto", "hub", "local"] = Field(
+        "auto", description="where its data comes from: local (our task over the benchmark "
+        "mirror), hub (lm-eval's stock task), auto (local when the mirror has it, else hub)")
+    local_task: str | None = Field(None, description="our lm-eval task under the task "
+                                   "directory (reads local files)")
+    hub_task: str | None = Field(None, description="lm-eval's stock task (reads the hub)")
+    num_fewshot: int | None = Field(None, description="few-shot examples; none = the task's own")
+    limit: int | float | None = Field(
+        None, description="lm-eval's limit: documents per task (per sub-task for groups such as "
+        "MMLU's subjects); < 1 is a fraction")
+    gen_kwargs: dict[str, Any] | None = Field(None, description="generation settings passed to "
+                                              "lm-eval (e.g. max_gen_toks)")
+    metric: str = Field(description="'metric,filter' as in lm-eval's results, e.g. 'acc,none'")
+    min_score: float | None = Field(None, description="the task fails below this score")
+    max_score: float | None = Field(None, description="the task fails above this score (for "
+                                    "lower-is-better metrics such as bits per byte)")
 
 
 class Suite(BaseModel):
+    """A suite YAML: named tasks, each with its metric and optional bounds."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    description: str = ""
-    tasks: list[SuiteTask]
-    # A drop of a task's score by more than this (in its own units, in its worse direction)
-    # against the previous evaluation of the same model is a regression; None: not checked.
-    max_regression: float | None = None
-    # Whether a regression blocks what runs downstream (the report), or only warns.
-    block_on_regression: bool = False
+    name: str = Field(description="the suite's name")
+    description: str = Field("", description="what the suite is for")
+    tasks: list[SuiteTask] = Field(description="the tasks it runs, in order")
+    max_regression: float | None = Field(
+        None, description="a drop of a task's score by more than this (in its own units, in its "
+        "worse direction) against the previous evaluation of the same model is a regression; "
+        "none: not checked")
+    block_on_regression: bool = Field(False, description="whether a regression blocks what runs "
+                                      "downstream (the report), or only warns")
 
 
 def suite_names() -> list[str]:
@@ -127,26 +138,35 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
 class EvalConfig(BaseModel):
     """What to evaluate and how. Defaults are the tiny preset (CPU, smoke suite)."""
 
-    model_dir: str
-    adapter_dir: str | None = None
-    suite: str = "smoke"
-    limit: int | float | None = Field(None, description="override every task's limit")
+    model_dir: str = Field(description="Hugging Face model directory")
+    adapter_dir: str | None = Field(None, description="PEFT (LoRA) adapter directory applied "
+                                    "to the model")
+    suite: str = Field("smoke", description="suite name (eval_suites/NAME.yaml) or a YAML path")
+    limit: int | float | None = Field(None, description="override every task's limit: documents "
+                                      "per task (per subject for MMLU); < 1 is a fraction")
     source: Literal["suite", "auto", "hub", "local"] = Field(
         "suite", description="override every task's data source; 'suite' keeps each task's own")
-    benchmarks_dir: str | None = Field(None, description="local mirror; default lmforge.paths.benchmarks_dir()")
-    heldout_path: str | None = Field(None, description="held-out documents (val.parquet or JSONL with text)")
-    out_dir: str = "artifacts/eval"
+    benchmarks_dir: str | None = Field(None, description="local MMLU/GSM8K mirror; default "
+                                       "lmforge.paths.benchmarks_dir() ($LMFORGE_BENCHMARKS_DIR)")
+    heldout_path: str | None = Field(None, description="held-out documents for bits per byte "
+                                     "(val.parquet, or JSONL with text)")
+    out_dir: str = Field("artifacts/eval", description="output directory (results.json, "
+                         "summary.json, samples/)")
     cache_dir: str | None = Field(None, description="normalized benchmark files; default ~/.cache/lmforge/eval")
-    batch_size: int = 8
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int | None = Field(None, description="torch CPU threads; None = torch's default")
+    batch_size: int = Field(8, description="lm-eval batch size")
+    device: str = Field("cpu", description="torch device of the model")
+    dtype: str = Field("float32", description="torch dtype the model is loaded in")
+    threads: int | None = Field(None, description="torch CPU threads; none = torch's default")
     max_length: int | None = Field(None, description="context length; default the model config's")
-    apply_chat_template: bool = False  # True for chat (SFT) models: prompts in the ChatML template
-    sandbox_timeout: float = 3.0  # seconds per HumanEval program
-    bootstrap_iters: int = 0  # lm-eval's bootstrap for stderr of non-mean metrics (slow); 0 = off
-    seed: int = 1234
-    log_samples: bool = True  # write every prompt and response to out_dir/samples/<task>.jsonl
+    apply_chat_template: bool = Field(False, description="wrap prompts in the model's chat "
+                                      "template (ChatML): for chat (SFT) models")
+    sandbox_timeout: float = Field(3.0, gt=0, description="wall-clock seconds per HumanEval "
+                                   "program in the sandbox")
+    bootstrap_iters: int = Field(0, description="lm-eval's bootstrap for the stderr of non-mean "
+                                 "metrics (slow); 0 = off")
+    seed: int = Field(1234, description="seed of lm-eval's sampling (fewshot, generation)")
+    log_samples: bool = Field(True, description="write every prompt and response to "
+                              "out_dir/samples/<task>.jsonl")
 
 
 class TaskResult(BaseModel):
@@ -288,7 +308,8 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from lmforge.evaluate.tasks import DataUnavailable, default_cache_dir
+    from lmforge.evaluate.isolation import SandboxConfig, configured
+    from lmforge.evaluate.tasks import DataUnavailable, default_cache_dir, task_include_paths
 
     t_start = time.perf_counter()
     # Everything a user can get wrong is checked before the model loads and the tasks run.
@@ -304,11 +325,17 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
     os.environ["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "1") if any(s == "hub" for _, s, _ in plan) else "1"
     if not any(s == "hub" for _, s, _ in plan):
         os.environ["HF_DATASETS_OFFLINE"] = "1"
+    # HumanEval's metric hook runs inside lm-eval: it gets the sandbox's settings from the config
+    # installed around simple_evaluate below. Generated code must not see the model, its outputs
+    # or the data (see lmforge.evaluate.isolation).
+    base_sandbox = SandboxConfig()
+    sandbox_cfg = base_sandbox.model_copy(update={
+        "timeout": cfg.sandbox_timeout,
+        "hide": base_sandbox.hide + [str(Path(p).resolve()) for p in (
+            cfg.model_dir, cfg.adapter_dir, cfg.out_dir, cfg.heldout_path, cfg.cache_dir, mirror) if p]})
+    # Transitional: the HumanEval hook still passes this as its timeout; it goes once the hook
+    # calls check_program without one (the installed config then decides).
     os.environ["LMFORGE_SANDBOX_TIMEOUT"] = str(cfg.sandbox_timeout)
-    # Generated code must not see the model, its outputs or the data (see lmforge.evaluate.sandbox).
-    os.environ["LMFORGE_SANDBOX_HIDE"] = os.pathsep.join(
-        str(Path(p).resolve()) for p in (cfg.model_dir, cfg.adapter_dir, cfg.out_dir, cfg.heldout_path,
-                                         cfg.cache_dir, mirror) if p)
     logging.getLogger("lm_eval.api.task").setLevel(logging.ERROR)  # per-subject chatter
     if cfg.threads:
         import torch
@@ -322,7 +349,7 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
 
     def manager(source: str) -> TaskManager:
         if source not in managers:  # the stock index takes seconds to build: only when needed
-            managers[source] = (TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
+            managers[source] = (TaskManager(include_path=task_include_paths(), include_defaults=False, metadata=metadata)
                                 if source == "local" else TaskManager(metadata=metadata))
         return managers[source]
 
@@ -359,14 +386,15 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
         limit = cfg.limit if cfg.limit is not None else task.limit
         print(f"[eval] {task.name}: {lm_name} ({source}), {task.num_fewshot or 0}-shot, limit {limit}",
               file=sys.stderr)
-        res = simple_evaluate(
-            model=lm, tasks=[top], task_manager=manager(source), num_fewshot=task.num_fewshot,
-            limit=limit, gen_kwargs=task.gen_kwargs, bootstrap_iters=cfg.bootstrap_iters,
-            log_samples=cfg.log_samples, apply_chat_template=cfg.apply_chat_template,
-            fewshot_as_multiturn=cfg.apply_chat_template,
-            confirm_run_unsafe_code=lm_name in SANDBOXED_TASKS,
-            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        )
+        with configured(sandbox_cfg):
+            res = simple_evaluate(
+                model=lm, tasks=[top], task_manager=manager(source), num_fewshot=task.num_fewshot,
+                limit=limit, gen_kwargs=task.gen_kwargs, bootstrap_iters=cfg.bootstrap_iters,
+                log_samples=cfg.log_samples, apply_chat_template=cfg.apply_chat_template,
+                fewshot_as_multiturn=cfg.apply_chat_template,
+                confirm_run_unsafe_code=lm_name in SANDBOXED_TASKS,
+                random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+            )
         if res.get("samples"):
             found = res.pop("samples")
             if cfg.log_samples:
@@ -405,27 +433,16 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lmforge eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="Hugging Face model directory")
-    ap.add_argument("--adapter", default=None, help="PEFT (LoRA) adapter directory")
-    ap.add_argument("--suite", default="smoke", help="suite name (eval_suites/NAME.yaml) or a YAML path")
-    ap.add_argument("--limit", type=float, default=None, help="documents per task (per subject for MMLU); <1 = fraction")
-    ap.add_argument("--out", default="artifacts/eval", help="output directory")
-    ap.add_argument("--heldout", default=None, help="held-out documents for bits-per-byte (Parquet or JSONL)")
-    ap.add_argument("--benchmarks-dir", default=None, help="local MMLU/GSM8K mirror (default $LMFORGE_BENCHMARKS_DIR)")
-    ap.add_argument("--source", default="suite", choices=["suite", "auto", "hub", "local"],
-                    help="data source for every task; 'suite' keeps each task's own")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    add_config_arguments(ap, EvalConfig)
+    # The short names the README and scripts use.
+    for alias, field in (("--model", "model_dir"), ("--adapter", "adapter_dir"),
+                         ("--out", "out_dir"), ("--heldout", "heldout_path")):
+        ap.add_argument(alias, dest=field, default=None, help=f"same as --{field.replace('_', '-')}")
+    ap.add_argument("--chat", dest="apply_chat_template", action="store_const", const=True,
+                    default=None, help="same as --apply-chat-template")
     args = ap.parse_args(argv)
-    limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     try:
-        cfg = EvalConfig(model_dir=args.model, adapter_dir=args.adapter, suite=args.suite, limit=limit,
-                         out_dir=args.out, heldout_path=args.heldout, benchmarks_dir=args.benchmarks_dir,
-                         source=args.source, batch_size=args.batch_size, device=args.device,
-                         apply_chat_template=args.chat, threads=args.threads)
-        summary = evaluate(cfg)
+        summary = evaluate(config_from_args(EvalConfig, args))
     except (LmforgeError, ValueError, FileNotFoundError) as e:
         print(f"lmforge eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

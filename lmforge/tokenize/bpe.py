@@ -43,6 +43,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.text import InputError, input_schema
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output, parquet_files
@@ -303,21 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lmforge train-tokenizer", description=__doc__.split("\n")[0])
     p.add_argument("docs", help="documents Parquet file or directory (columns id, text)")
     p.add_argument("out_dir", help="directory to write the Hugging Face tokenizer into")
-    p.add_argument("--vocab-size", type=int, default=TokenizerConfig().vocab_size,
-                   help="vocabulary size including 256 bytes and 4 special tokens (default %(default)s)")
-    p.add_argument("--min-frequency", type=int, default=TokenizerConfig().min_frequency,
-                   help="minimum pair count for a merge (default %(default)s)")
-    p.add_argument("--heldout-fraction", type=float, default=TokenizerConfig().heldout_fraction,
-                   help="fraction of documents held out to measure compression (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
-    p.add_argument("--max-train-chars", type=int, default=None,
-                   help="train on at most this many characters (default: all)")
+    add_config_arguments(p, TokenizerConfig)
     args = p.parse_args(argv)
     try:
-        cfg = TokenizerConfig(vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                              heldout_fraction=args.heldout_fraction, seed=args.seed,
-                              max_train_chars=args.max_train_chars)
-        stats = train_tokenizer(args.docs, args.out_dir, cfg)
+        stats = train_tokenizer(args.docs, args.out_dir, config_from_args(TokenizerConfig, args))
     except (LmforgeError, ValueError, OSError) as e:  # pydantic's ValidationError is a ValueError
         print(f"lmforge train-tokenizer: error: {error_line(e)}", file=sys.stderr)
         return 2

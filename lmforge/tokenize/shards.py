@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.text import InputError, MissingInputError, input_schema
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output, parquet_files
@@ -239,15 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("docs", help="documents Parquet file or directory (columns id, url, text)")
     p.add_argument("out_dir", help="directory to write train/val .bin + .json and val.parquet into")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (from train-tokenizer)")
-    p.add_argument("--val-fraction", type=float, default=ShardConfig().val_fraction,
-                   help="fraction of documents in the val split (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split hash (default 0)")
-    p.add_argument("--batch-rows", type=int, default=ShardConfig().batch_rows,
-                   help="documents per tokenizer batch (default %(default)s)")
+    add_config_arguments(p, ShardConfig)
     args = p.parse_args(argv)
     try:
-        cfg = ShardConfig(val_fraction=args.val_fraction, seed=args.seed, batch_rows=args.batch_rows)
-        stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir, cfg)
+        stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir,
+                                   config_from_args(ShardConfig, args))
     except (LmforgeError, ValueError, OSError) as e:
         print(f"lmforge tokenize: error: {error_line(e)}", file=sys.stderr)
         return 2

@@ -302,16 +302,42 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
     assert after == before and good.read_text().startswith('{"task_id": "HumanEval/0"')
 
 
-def test_lm_eval_task_uses_the_same_sandbox(problems):
-    """The `lmforge eval` HumanEval metric: an early exit with status 0 scores 0, the reference 1."""
+def _humaneval_hooks():
+    """The module holding the lm-eval HumanEval task's hooks (its benchmark folder)."""
+    import importlib
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "lmforge_humaneval_utils", REPO_ROOT / "eval_suites" / "tasks" / "humaneval" / "utils.py")
-    utils = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(utils)
+    try:
+        return importlib.import_module("lmforge.benchmarks.humaneval.reader")
+    except ModuleNotFoundError:  # the layout before benchmarks had one folder each
+        spec = importlib.util.spec_from_file_location(
+            "lmforge_humaneval_utils", REPO_ROOT / "eval_suites" / "tasks" / "humaneval" / "utils.py")
+        utils = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(utils)
+        return utils
+
+
+def test_lm_eval_task_uses_the_same_sandbox(problems):
+    """The `lmforge eval` HumanEval metric: an early exit with status 0 scores 0, the reference 1."""
+    hooks = _humaneval_hooks()
     p = problems["HumanEval/2"]
     ref = [f"{p['test']}\ncheck({p['entry_point']})"]
     for completion in EARLY_EXITS.values():
-        assert utils.pass_at_k(ref, [[p["prompt"] + completion]], k=[1]) == {"pass@1": 0.0}, completion
-    assert utils.pass_at_k(ref, [[p["prompt"] + p["canonical_solution"]]], k=[1]) == {"pass@1": 1.0}
+        assert hooks.pass_at_k(ref, [[p["prompt"] + completion]], k=[1]) == {"pass@1": 0.0}, completion
+    assert hooks.pass_at_k(ref, [[p["prompt"] + p["canonical_solution"]]], k=[1]) == {"pass@1": 1.0}
+
+
+def test_installed_config_governs_calls_that_pass_none(problems):
+    """The harness hands its sandbox settings to lm-eval's metric hook through `configured`, not
+    through environment variables: a call without a config uses the installed one, and the
+    defaults come back after the block."""
+    slow = "import time\ntime.sleep(3)\n"
+    with sandbox.configured(SandboxConfig(timeout=0.5)):
+        assert check_program(slow) == {"passed": False, "result": "timed out"}
+        assert sandbox.active_config().timeout == 0.5
+    assert sandbox.active_config().timeout == SandboxConfig().timeout
+    with sandbox.configured(SandboxConfig(timeout=20)):
+        assert check_program(slow)["passed"] is True
+    # An explicit timeout still wins over the installed config.
+    with sandbox.configured(SandboxConfig(timeout=20)):
+        assert check_program(slow, timeout=0.5)["result"] == "timed out"

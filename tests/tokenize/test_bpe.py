@@ -100,7 +100,7 @@ def test_cli(tmp_path, gsm8k_docs, capsys):
     assert bpe.main([str(tmp_path / "missing.parquet"), str(tmp_path / "t2")]) == 2
     assert bpe.main([str(small), str(tmp_path / "t3"), "--vocab-size", "10"]) == 2
     err = capsys.readouterr().err
-    assert "vocab_size" in err and "Traceback" not in err
+    assert "--vocab-size" in err and "Traceback" not in err
 
 
 def test_rejects_bad_input(tmp_path, tokenizer_cfg):
