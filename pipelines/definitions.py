@@ -21,7 +21,7 @@ import assets.tokenizer
 import assets.training
 from assets.partitions import adapter_eval_key
 from assets.training import adapter_task_data
-from pipelines.presets import PRESET_SUITES, PRESETS, job_name, run_config
+from pipelines.presets import PRESETS, job_name, run_config, schedule_name, validate_presets
 from resources import ArtifactStore, TrainingLauncher
 
 ASSET_MODULES = [assets.crawl, assets.data, assets.tokenizer, assets.training, assets.evaluation,
@@ -31,6 +31,21 @@ all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
 
 _group_of = {key.to_user_string(): a.group_names_by_key[key] for a in all_assets for key in a.keys}
+
+
+def _check_configuration() -> None:
+    """A preset or a suite that refers to something missing fails here, when the definitions
+    load, in one line naming the file and the key (not in the middle of a run)."""
+    from lmforge.evaluate.harness import SUITES_DIR, load_suite, suite_names
+    from lmforge.evaluate.tasks import check_local_tasks
+
+    suites = set(suite_names())
+    validate_presets(set(_group_of), suites)
+    for name in sorted(suites):
+        check_local_tasks(load_suite(name), SUITES_DIR / f"{name}.yaml")
+
+
+_check_configuration()
 # job kind -> the names of its assets (each job also gets only its own assets' run config)
 JOB_ASSETS = {
     "curation": {n for n, g in _group_of.items() if g in ("crawl", "data")},
@@ -56,12 +71,19 @@ def jobs_of(kind: str) -> list:
     return [j for j in jobs if j.name in {job_name(kind, p) for p in PRESETS}]
 
 
-curation_job = next(j for j in jobs if j.name == "curation")
+def _nightly(preset) -> dg.ScheduleDefinition:
+    """The preset's curation of the day that just ended, at the preset's time of night."""
+    job = next(j for j in jobs if j.name == job_name("curation", preset.name))
+    hour, minute = preset.nightly_at
+    return dg.build_schedule_from_partitioned_job(
+        job, name=schedule_name(preset.name), hour_of_day=hour, minute_of_hour=minute,
+        description=f"`{preset.name}`: every night at {hour:02d}:{minute:02d} UTC, crawl and "
+        "curate the day that just ended.",
+        default_status=(dg.DefaultScheduleStatus.RUNNING if preset.schedule_running
+                        else dg.DefaultScheduleStatus.STOPPED))
 
-nightly_curation = dg.build_schedule_from_partitioned_job(
-    curation_job, hour_of_day=2, name="nightly_curation",
-    description="Every night at 02:00 UTC: crawl and curate the day that just ended.",
-    default_status=dg.DefaultScheduleStatus.RUNNING)
+
+schedules = [_nightly(p) for p in PRESETS.values() if p.nightly_at]
 
 # Runs the sensors start carry this tag (the id of the scheduled curation run that began the
 # chain): only those are followed, so a stage run by hand does not set off the next ones.
@@ -85,7 +107,7 @@ def train_after_curation(context: dg.RunStatusSensorContext):
     if "dagster/schedule_name" not in run.tags:
         return dg.SkipReason("curation was started by hand: train by hand too")
     preset = run.tags.get("preset", "tiny")
-    return _request("training", preset, PRESET_SUITES[preset], run.run_id, run.run_id)
+    return _request("training", preset, PRESETS[preset].suite, run.run_id, run.run_id)
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("training"),
@@ -101,7 +123,7 @@ def adapters_after_training(context: dg.RunStatusSensorContext):
         return dg.SkipReason("sft_conversations built no adapter task data")
     preset = run.tags.get("preset", "tiny")
     return [_request("adapters", preset, task, f"{run.run_id}:{task}", run.tags[CHAIN_TAG],
-                     **{SUITE_TAG: run.tags.get("dagster/partition", PRESET_SUITES[preset])})
+                     **{SUITE_TAG: run.tags.get("dagster/partition", PRESETS[preset].suite)})
             for task in tasks]
 
 
@@ -114,7 +136,7 @@ def evaluate_adapters(context: dg.RunStatusSensorContext):
     if CHAIN_TAG not in run.tags:
         return dg.SkipReason("the adapter was trained by hand: evaluate it by hand too")
     preset = run.tags.get("preset", "tiny")
-    suite = run.tags.get(SUITE_TAG, PRESET_SUITES[preset])
+    suite = run.tags.get(SUITE_TAG, PRESETS[preset].suite)
     return _request("adapter_evaluation", preset,
                     adapter_eval_key(run.tags["dagster/partition"], suite), run.run_id,
                     run.tags[CHAIN_TAG])
@@ -124,7 +146,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=jobs,
-    schedules=[nightly_curation],
+    schedules=schedules,
     sensors=[train_after_curation, adapters_after_training, evaluate_adapters],
     resources={"store": ArtifactStore(), "launcher": TrainingLauncher()},
 )

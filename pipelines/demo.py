@@ -123,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     from assets.partitions import DAILY, adapter_eval_key
     from assets.training import adapter_task_data
     from pipelines.definitions import JOB_ASSETS, defs
-    from pipelines.presets import PRESET_SUITES, job_name, run_config
+    from pipelines.presets import PRESETS, job_name, run_config
     from resources import ArtifactStore
 
     instance = dg.DagsterInstance.get()
     started = time.time()
     day = args.day or DAILY.get_last_partition_key()
-    suite = args.suite or PRESET_SUITES[args.preset]
+    suite = args.suite or PRESETS[args.preset].suite
     results = []
 
     def run(kind: str, partition: str) -> bool:

@@ -63,8 +63,10 @@ class Stage:
     """The engine module: it defines the config class and ``main``."""
     config: str
     """The config class's name in ``module``."""
-    run: Callable[[StageRun], Any]
-    """Runs the stage; returns stats with ``to_metadata()``."""
+    run: Callable[[StageRun], Any] | str
+    """Runs the stage and returns stats with ``to_metadata()``: the name of a function in
+    ``module`` called as ``fn(input, output, removed, config)``, or a callable taking the whole
+    :class:`StageRun` (for stages that keep state or read another asset)."""
     summary: str
     """One line: the command's help and the asset's description."""
     version: str = "1"
@@ -85,6 +87,9 @@ class Stage:
         return getattr(importlib.import_module(self.module), self.config)
 
     def __call__(self, run: StageRun) -> Any:
+        if isinstance(self.run, str):
+            fn = getattr(importlib.import_module(self.module), self.run)
+            return fn(run.input, run.output, run.removed, run.config)
         return self.run(run)
 
 
@@ -156,6 +161,49 @@ def _pass_through(run: StageRun, reason: str) -> PassThroughStats:
         shutil.copyfile(run.input, tmp)
     run.removed.unlink(missing_ok=True)
     return PassThroughStats(count_rows(run.output), reason)
+
+
+class SplitStats:
+    """What :func:`split_documents` kept and removed, and why."""
+
+    def __init__(self):
+        self.input_documents = self.kept_documents = 0
+        self.removed_by_reason: dict[str, int] = {}
+
+    def to_metadata(self) -> dict[str, Any]:
+        n = self.input_documents
+        return {"input_documents": n, "kept_documents": self.kept_documents,
+                "keep_rate": self.kept_documents / n if n else 0.0,
+                "removed_by_reason": dict(sorted(self.removed_by_reason.items()))}
+
+
+def split_documents(in_path, out_path, removed_path,
+                    decide: Callable[[dict[str, Any]], str | None],
+                    batch_rows: int = 10_000) -> SplitStats:
+    """The body of a simple stage: ``decide(document)`` returns None to keep it, or the reason
+    to remove it. Kept documents go to ``out_path`` with every column; removed ones to
+    ``removed_path`` with a ``reason`` column; both files appear together, or neither."""
+    import pyarrow as pa
+
+    from lmforge.curate.text import check_outputs, extend_schema, input_schema, open_sinks
+
+    check_outputs(out_path, removed_path)
+    schema = input_schema(in_path)
+    stats = SplitStats()
+    from lmforge.io import read_parquet_rows
+
+    with open_sinks(out_path, schema, removed_path,
+                    extend_schema(schema, [("reason", pa.string())])) as (kept, removed):
+        for doc in read_parquet_rows(in_path, batch_rows=batch_rows):
+            stats.input_documents += 1
+            reason = decide(doc)
+            if reason is None:
+                stats.kept_documents += 1
+                kept.write(doc)
+            else:
+                stats.removed_by_reason[reason] = stats.removed_by_reason.get(reason, 0) + 1
+                removed.write({**doc, "reason": reason})
+    return stats
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,8 +283,11 @@ def validate_stages(stages: list[Stage], where: str = "lmforge.curate.stages") -
         if missing:
             raise LmforgeError(f"{where}: stage {s.name!r}: {s.config} has no field "
                                f"{', '.join(missing)}")
-        if not hasattr(importlib.import_module(s.module), "main"):
+        module = importlib.import_module(s.module)
+        if not hasattr(module, "main"):
             raise LmforgeError(f"{where}: stage {s.name!r}: {s.module} has no main(argv)")
+        if isinstance(s.run, str) and not callable(getattr(module, s.run, None)):
+            raise LmforgeError(f"{where}: stage {s.name!r}: {s.module} has no function {s.run}")
 
 
 def insert_stage(stages: list[Stage], stage: Stage, after: str) -> list[Stage]:

@@ -23,7 +23,10 @@ def test_definitions_load_and_declare_versions():
         assert graph.get(key).code_version, f"{key} has no code_version"
     for job in ("curation", "training", "adapters", "adapter_evaluation"):
         assert defs.resolve_job_def(job)
-    assert defs.resolve_job_def("adapters").partitions_def.get_partition_keys() == ["math", "signatures"]
+    # One partition per adapter task file, whatever tasks there are.
+    from lmforge.train.tasks import task_names
+
+    assert defs.resolve_job_def("adapters").partitions_def.get_partition_keys() == task_names()
     schedule = defs.resolve_schedule_def("nightly_curation")
     assert schedule.cron_schedule == "0 2 * * *"
     for sensor in ("train_after_curation", "adapters_after_training", "evaluate_adapters"):
@@ -34,17 +37,44 @@ def test_definitions_load_and_declare_versions():
         assert needed in checked, f"no asset check on {needed}"
 
 
-def test_presets_are_valid_run_config():
-    """Every preset's run config is accepted by the jobs it belongs to."""
+def test_every_preset_builds_its_jobs_schedule_and_run_config():
+    """Every preset has its four jobs, its nightly schedule (running only where it says so) and a
+    run config each of its jobs accepts; its suite is a suite."""
+    from lmforge.evaluate.harness import suite_names
     from pipelines.definitions import JOB_ASSETS, defs
-    from pipelines.presets import PRESETS, job_name, run_config
+    from pipelines.presets import PRESETS, job_name, run_config, schedule_name
 
-    for preset in PRESETS:
+    for name, preset in PRESETS.items():
+        assert preset.suite in suite_names()
         for kind, assets in JOB_ASSETS.items():
-            job = defs.resolve_job_def(job_name(kind, preset))
-            dg.validate_run_config(job, run_config(preset, assets=assets))
+            job = defs.resolve_job_def(job_name(kind, name))
+            assert job.tags["preset"] == name
+            dg.validate_run_config(job, run_config(name, assets=assets))
+        if preset.nightly_at:
+            schedule = defs.resolve_schedule_def(schedule_name(name))
+            hour, minute = preset.nightly_at
+            assert schedule.cron_schedule == f"{minute} {hour} * * *"
+            assert schedule.job_name == job_name("curation", name)
+            assert (schedule.default_status == dg.DefaultScheduleStatus.RUNNING) == preset.schedule_running
     with pytest.raises(ValueError, match="unknown preset"):
         run_config("nope")
+
+
+def test_a_preset_that_refers_to_something_missing_fails_in_one_line(monkeypatch):
+    from lmforge.errors import LmforgeError
+    from pipelines import presets
+    from pipelines.definitions import _group_of
+
+    assets = set(_group_of)
+    tiny = presets.PRESETS["tiny"]
+    monkeypatch.setitem(presets.PRESETS, "typo", presets.Preset("typo", "x", suite="smok"))
+    with pytest.raises(LmforgeError, match="preset 'typo': suite 'smok'"):
+        presets.validate_presets(assets, {"smoke", "standard"})
+    monkeypatch.setitem(presets.PRESETS, "typo", presets.Preset(
+        "typo", "x", suite="smoke", config={"tokeniser": {"vocab_size": 8}}))
+    with pytest.raises(LmforgeError, match="unknown asset.*tokeniser"):
+        presets.validate_presets(assets, {"smoke", "standard"})
+    assert tiny.suite == "smoke"
 
 
 def _run(defs, name, partition, overrides=None, tags=None):
