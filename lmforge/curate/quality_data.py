@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from lmforge.benchmarks.gsm8k.reader import reference_text
 from lmforge.curate.text import InputError, MissingInputError, check_input_file, input_schema
 from lmforge.io import read_parquet_rows
 
@@ -20,8 +21,6 @@ from lmforge.io import read_parquet_rows
 # Text as fastText sees it
 
 _PUNCT = re.compile(r"([^\w\s])")
-_CALC = re.compile(r"<<[^>]*>>")
-_FINAL = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
 
 
 def fasttext_line(text: str, max_chars: int = 20_000) -> str:
@@ -32,10 +31,8 @@ def fasttext_line(text: str, max_chars: int = 20_000) -> str:
     return " ".join(_PUNCT.sub(r" \1 ", text).split())
 
 
-def qa_text(question: str, answer: str) -> str:
-    """A GSM8K-style question and worked answer as plain prose."""
-    answer = _FINAL.sub(lambda m: f"The answer is {m.group(1)}.", _CALC.sub("", answer))
-    return f"{question.strip()}\n{answer.strip()}"
+# A GSM8K-style question and worked answer as plain prose: the benchmark's own rule.
+qa_text = reference_text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -333,9 +333,6 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
         "timeout": cfg.sandbox_timeout,
         "hide": base_sandbox.hide + [str(Path(p).resolve()) for p in (
             cfg.model_dir, cfg.adapter_dir, cfg.out_dir, cfg.heldout_path, cfg.cache_dir, mirror) if p]})
-    # Transitional: the HumanEval hook still passes this as its timeout; it goes once the hook
-    # calls check_program without one (the installed config then decides).
-    os.environ["LMFORGE_SANDBOX_TIMEOUT"] = str(cfg.sandbox_timeout)
     logging.getLogger("lm_eval.api.task").setLevel(logging.ERROR)  # per-subject chatter
     if cfg.threads:
         import torch

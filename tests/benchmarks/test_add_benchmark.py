@@ -15,66 +15,12 @@ from lmforge.curate.decontaminate import DecontamConfig, decontaminate
 from lmforge.evaluate.harness import load_suite
 from lmforge.evaluate.tasks import check_local_tasks, local_task_names, task_include_paths
 from lmforge.io import write_parquet
+from readme_examples import readme_block
 
-# lmforge/benchmarks/tinyqa/reader.py
-READER_PY = '''\
-"""TinyQA: one-line questions with short answers (an example benchmark).
-
-Data: <mirror>/tinyqa/{train,test}.jsonl, rows {"question", "answer"}.
-"""
-
-from lmforge.benchmarks import Benchmark, DataUnavailable, read_jsonl, require_fields
-
-
-def read(split, root):
-    path = root / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataUnavailable(f"TinyQA has no {split} split: {path}")
-    rows = read_jsonl(path)
-    require_fields(path, rows, ("question", "answer"))
-    return [{"question": r["question"], "answer": r["answer"]} for r in rows]
-
-
-BENCHMARK = Benchmark(
-    name="tinyqa",
-    description="TinyQA: short questions, exact match",
-    splits=("test", "train"),
-    read=read,
-    contamination=lambda item: [item["question"]],  # what a training document must not quote
-    chat=lambda item: (item["question"], item["answer"]),  # for SFT/adapter data (source: qa)
-)
-
-
-def load(benchmarks_dir=None, **_):
-    """lm-eval's custom_dataset hook (named in lmforge_tinyqa.yaml)."""
-    return BENCHMARK.dataset(benchmarks_dir=benchmarks_dir)
-'''
-
-# lmforge/benchmarks/tinyqa/lmforge_tinyqa.yaml
-TASK_YAML = '''\
-task: lmforge_tinyqa
-custom_dataset: !function reader.load
-output_type: generate_until
-test_split: test
-fewshot_split: train
-doc_to_text: "Question: {{question}}\\nAnswer:"
-doc_to_target: " {{answer}}"
-generation_kwargs:
-  until: ["\\n"]
-  do_sample: false
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: true
-metadata:
-  version: 1.0
-'''
-
-# the line added under `tasks:` in eval_suites/<suite>.yaml
-SUITE_LINE = ('  - {name: tinyqa, source: local, local_task: lmforge_tinyqa, num_fewshot: 2, '
-              'metric: "exact_match,none"}\n')
+# Exactly the README's text (tests/readme_examples.py).
+READER_PY = readme_block("benchmark-reader")  # lmforge/benchmarks/tinyqa/reader.py
+TASK_YAML = readme_block("benchmark-task")  # lmforge/benchmarks/tinyqa/lmforge_tinyqa.yaml
+SUITE_LINE = readme_block("benchmark-suite-line")  # one line under `tasks:` of a suite
 
 QUESTIONS = [
     ("Which river flows through the old capital city that the travellers visited on their "

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import pydoc
-import re
 
 import pytest
 
+from lmforge.benchmarks.gsm8k.reader import strip_calculator
 from lmforge.io import write_parquet
 from lmforge.paths import benchmarks_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-_CALC = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations
 
 
 def _gsm8k_texts(n: int) -> list[str]:
@@ -27,7 +25,7 @@ def _gsm8k_texts(n: int) -> list[str]:
     with open(path) as f:
         for line in f:
             row = json.loads(line)
-            answer = _CALC.sub("", row["answer"]).replace("####", "The answer is")
+            answer = strip_calculator(row["answer"]).replace("####", "The answer is")
             texts.append(f"{row['question']}\n{answer}")
             if len(texts) >= n:
                 break

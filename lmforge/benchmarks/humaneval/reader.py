@@ -11,7 +11,6 @@ the hub's ``code_eval`` inside the evaluating process: :func:`pass_at_k` and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +69,12 @@ def pass_at_k(references, predictions, k=None):
     from lmforge.evaluate.sandbox import check_program, estimate_pass_at_k
 
     assert k is not None
-    # Seconds per program: the harness sets it from EvalConfig.sandbox_timeout before loading.
-    timeout = float(os.environ.get("LMFORGE_SANDBOX_TIMEOUT", "3.0"))
     ks = [k] if isinstance(k, int) else list(k)
     scores: dict[str, list[float]] = {}
     for ref, candidates in zip(references, predictions):
-        passed = [check_program(c + "\n" + ref + "\n", timeout=timeout)["passed"] for c in candidates]
+        # No timeout here: the harness installs the evaluation's sandbox config (its timeout and
+        # the paths to hide) around lm-eval's run, and check_program takes it from there.
+        passed = [check_program(c + "\n" + ref + "\n")["passed"] for c in candidates]
         for kk in ks:
             if len(candidates) >= kk:
                 scores.setdefault(f"pass@{kk}", []).append(
