@@ -20,8 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from lmforge import cli as lmforge_cli
+from lmforge.config import flag_name
 from lmforge.curate import dedup as dd
+from lmforge.curate import dedup_index, minhash
 from lmforge.curate.dedup import DedupConfig, dedup_documents
+from lmforge.curate.dedup_lsh import DedupIndex
 from lmforge.curate.text import normalize, shingle_hashes
 from lmforge.errors import LmforgeError
 from lmforge.io import write_parquet
@@ -60,7 +64,7 @@ def test_shingles_and_signatures_match_datasketch(real_texts):
     words = texts[0].split()
     assert len(set(hashes[0].tolist())) == len({tuple(words[i:i + 5]) for i in range(len(words) - 4)})
     assert len(hashes[-3]) == 0 and len(hashes[-2]) == 1
-    sigs = dd.signatures(hashes, dd.permutations(128, seed=3))
+    sigs = minhash.signatures(hashes, minhash.permutations(128, seed=3))
     for h, sig in zip(hashes, sigs):
         m = MinHash(num_perm=128, seed=3, hashfunc=lambda x: x)
         m.update_batch(h.tolist())
@@ -142,6 +146,66 @@ def test_cli(real_texts, write_docs, tmp_path, capsys):
     assert "threshold" in capsys.readouterr().err
 
 
+def test_cli_flags_are_the_config_fields(real_texts, write_docs, tmp_path, capsys):
+    """`lmforge dedup --help` names every DedupConfig field; the generated flags, --config and the
+    earlier flag name --index all reach the run; a bad value is one line and exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        lmforge_cli.main(["dedup", "--help"])
+    assert e.value.code == 0
+    words = set(capsys.readouterr().out.replace(",", " ").replace("[", " ").replace("]", " ")
+                .split())
+    missing = {flag_name(f) for f in DedupConfig.model_fields} - words
+    assert not missing, missing
+    assert {"--index", "--removed", "--config"} <= words
+
+    src = write_docs("flags", [real_texts[0], real_texts[0], real_texts[1]])
+
+    def reasons(name: str) -> list[str]:
+        return [r["reason"] for r in rows(tmp_path / f"{name}.removed.parquet")]
+
+    assert dd.main([src, str(tmp_path / "a.parquet")]) == 0
+    assert reasons("a") == ["exact_duplicate"]
+    # Without the exact pass, the verbatim copy is found by MinHash instead.
+    assert dd.main([src, str(tmp_path / "b.parquet"), "--no-exact"]) == 0
+    assert reasons("b") == ["near_duplicate"]
+    # A file of fields; a flag given on the command line wins over it.
+    conf = tmp_path / "dedup.yaml"
+    conf.write_text("exact: false\nshingle: 3\n")
+    assert dd.main([src, str(tmp_path / "c.parquet"), "--config", str(conf)]) == 0
+    assert reasons("c") == ["near_duplicate"]
+    assert dd.main([src, str(tmp_path / "d.parquet"), "--config", str(conf), "--exact"]) == 0
+    assert reasons("d") == ["exact_duplicate"]
+    # --index (the README's name) and --index-path are one field; --lsh-params reaches the LSH.
+    for flag in ("--index", "--index-path"):
+        index = tmp_path / flag.strip("-")
+        assert dd.main([src, str(tmp_path / f"{index.name}.parquet"), flag, str(index),
+                        "--lsh-params", "16,8"]) == 0
+        params = json.loads((index / "manifest.json").read_text())["params"]
+        assert params["lsh_bands_rows"] == [16, 8] and params["shingle"] == 5
+    capsys.readouterr()
+
+    for bad, says in ((["--batch-rows", "0"], "batch_rows"),
+                      (["--lsh-params", "1,2,3"], "--lsh-params"),
+                      (["--storage-config", "{oops"], "--storage-config"),
+                      (["--num-perm", "many"], "--num-perm"),
+                      (["--config", str(tmp_path / "nowhere.yaml")], "nowhere.yaml")):
+        assert dd.main([src, str(tmp_path / "bad.parquet"), *bad]) == 2, bad
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("lmforge dedup: error: ") and says in err[0]
+        assert not (tmp_path / "bad.parquet").exists() and not leftovers(tmp_path)
+
+
+def test_importing_the_config_loads_no_heavy_library():
+    """The CLI's help and the graph's definitions import this module for DedupConfig: datasketch
+    (which pulls in scipy), numpy and pyarrow load only when documents are deduplicated."""
+    code = ("import sys, lmforge.curate.dedup; print(sorted(m for m in ('datasketch', 'scipy', "
+            "'numpy', 'pyarrow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------------------------------------
 # The persistent index: data formats only, transactional, locked
 
@@ -207,14 +271,14 @@ def test_index_is_data_only_and_lsh_matches_datasketch(real_texts, write_docs, t
             assert p.read_bytes()[:1] != b"\x80", f"{p} looks like a pickle"
     manifest = json.loads((index / "manifest.json").read_text())
     # Each committed run is named by its input's content hash and its output.
-    assert [s["input"] for s in manifest["segments"]] == [dd._input_digest(src_a),
-                                                          dd._input_digest(src_b)]
+    assert [s["input"] for s in manifest["segments"]] == [dedup_index.input_digest(src_a),
+                                                          dedup_index.input_digest(src_b)]
     assert manifest["segments"][1]["output"] == str((tmp_path / "b.out.parquet").resolve())
 
     # The LSH rebuilt in bulk from the stored signatures has datasketch's own buckets.
-    loaded = dd.DedupIndex(cfg)
-    for entry in dd._read_manifest(index).segments:
-        loaded.load_segment(dd._read_segment(index, entry, cfg.num_perm, True))
+    loaded = DedupIndex(cfg)
+    for entry in dedup_index.read_manifest(index).segments:
+        loaded.load_segment(dedup_index.read_segment(index, entry, cfg.num_perm, True))
     loaded.fill_lsh()
     reference = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm,
                            params=(loaded.lsh.b, loaded.lsh.r))
@@ -282,7 +346,7 @@ def test_pickle_index_is_refused_never_loaded(real_texts, write_docs, tmp_path):
         np.lib.format.write_array(f, np.array([Payload_holder(marker)], dtype=object),
                                   allow_pickle=True)
     manifest = json.loads(good)
-    manifest["segments"][0]["files"]["signatures.npy"] = dd._file_digest(npy)
+    manifest["segments"][0]["files"]["signatures.npy"] = dedup_index.file_digest(npy)
     (index / "manifest.json").write_text(json.dumps(manifest))
     msg = one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
     assert "damaged" in msg

@@ -78,8 +78,7 @@ def removed(path) -> dict[str, tuple[str, str]]:
 _WORKER = """
 import json, sys
 from lmforge.curate.dedup import DedupConfig, dedup_documents
-cfg = DedupConfig.model_validate_json(sys.argv[1])
-cfg.storage_config["basename"] = cfg.storage_config["basename"].encode()
+cfg = DedupConfig.model_validate_json(sys.argv[1])  # the basename arrives as text, as from JSON
 print(json.dumps(dedup_documents(sys.argv[2], sys.argv[3], sys.argv[4], cfg).to_metadata()))
 """
 
@@ -180,3 +179,22 @@ def test_killed_redis_run_is_cleaned_and_retried(real_texts, write_docs, tmp_pat
     assert client.hlen(BASENAME + b"_keys") == 40
     # Keys in Redis are bytes, never pickles.
     assert all(k.isdigit() for k in client.hkeys(BASENAME + b"_keys"))
+
+
+def test_cli_takes_redis_storage_as_json(real_texts, write_docs, tmp_path, redis_port, client,
+                                         capsys):
+    """`lmforge dedup --storage-config JSON`: the basename is text in JSON, the Redis keys are its
+    bytes, and a second run finds the first one's documents through them."""
+    from lmforge.curate.dedup import main
+
+    storage = json.dumps({"type": "redis", "basename": "cli_test",
+                          "redis": {"host": "127.0.0.1", "port": redis_port}})
+    index = tmp_path / "idx"
+    day1 = write_docs("day1", real_texts[:10])
+    day2 = write_docs("day2", [edit(real_texts[4], 1, seed=5), real_texts[12]])
+    for day in (day1, day2):
+        assert main([day, str(tmp_path / f"{Path(day).stem}.out.parquet"), "--index-path",
+                     str(index), "--storage-config", storage]) == 0, capsys.readouterr().err
+    assert client.hlen(b"cli_test_keys") == 11
+    assert removed(tmp_path / "day2.out.removed.parquet") == {
+        "day2-0": ("near_duplicate", "day1-4")}
