@@ -6,9 +6,7 @@ import contextlib
 import dagster as dg
 from pydantic import Field
 
-from lmforge.crawl.crawler import CrawlConfig, crawl
-from lmforge.crawl.local_site import serve_python_docs
-from lmforge.crawl.warc_source import import_warcs
+from lmforge.crawl.crawl_config import CrawlConfig
 from lmforge.io import atomic_path
 from assets.partitions import DAILY
 from resources import ArtifactStore, dagster_config, engine_config
@@ -31,6 +29,11 @@ def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
     per day; materializing a day again resumes it. With no seeds and no WARC sources, the crawl
     starts a local documentation server of this Python (pydoc) on
     loopback and crawls it: real pages that exist offline anywhere."""
+    # The crawler (aiohttp) and the WARC importer load when the asset runs, not with the graph.
+    from lmforge.crawl.crawler import crawl
+    from lmforge.crawl.local_site import serve_python_docs
+    from lmforge.crawl.warc_source import import_warcs
+
     out_dir = crawl_dir(store, context.partition_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.warc_sources:

@@ -20,12 +20,13 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
 
 from lmforge.errors import LmforgeError, MissingInputError, OutputError
+
+if TYPE_CHECKING:  # pyarrow loads where Parquet is read or written, not with the graph
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 # The columns every document table has; stages add their own (lang, lang_score, quality, ...).
 DOCUMENT_COLUMNS = ("id", "url", "text")
@@ -211,6 +212,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def _table_from_rows(rows: list[Mapping[str, Any]], schema: pa.Schema | None) -> pa.Table:
+    import pyarrow as pa
+
     if schema is not None:
         return pa.Table.from_pylist(rows, schema=schema)
     return pa.Table.from_pylist(rows)
@@ -223,6 +226,9 @@ def write_parquet(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
     With no rows and no schema, an empty file with the document columns is written, so that
     readers downstream always find a file.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     n = 0
     with atomic_path(path) as tmp:
         writer: pq.ParquetWriter | None = None
@@ -258,6 +264,9 @@ def write_parquet(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
 
 def open_parquet(file: str | os.PathLike) -> pq.ParquetFile:
     """Open one Parquet file; a missing, empty or damaged file is a one-line :class:`LmforgeError`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     file = Path(file)
     if file.is_dir():
         raise LmforgeError(f"{file} is a directory; expected a Parquet file")
@@ -286,6 +295,8 @@ def read_parquet_rows(path: str | os.PathLike, columns: list[str] | None = None,
                       batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
     """Stream the rows of one Parquet file (or a directory of them) as dicts. Named ``columns``
     must exist (a clear error names the file and the column otherwise)."""
+    import pyarrow as pa
+
     files = require_columns(path, columns) if columns else parquet_files(path)
     for file in files:
         pf = open_parquet(file)
