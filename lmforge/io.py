@@ -336,3 +336,40 @@ def removed_path_for(out_path: str | os.PathLike) -> Path:
     p = Path(out_path)
     stem = p.name[: -len(".parquet")] if p.name.endswith(".parquet") else p.name
     return p.with_name(f"{stem}.removed.parquet")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file (``.gz`` is read
+    compressed). A missing file, a directory, a line that is not a JSON object or bytes that are
+    not UTF-8 are a one-line :class:`LmforgeError` naming the file and the line. The one JSONL
+    reader of the project: benchmarks, samples, metrics and reference text all go through it."""
+    import gzip
+
+    from lmforge.errors import InputError
+
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is a directory; give a JSONL file")
+    if not p.exists():
+        raise MissingInputError(f"no JSONL file at {p}")
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{p}:{lineno}: not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise InputError(f"{p}:{lineno}: expected a JSON object, got "
+                                     f"{type(row).__name__}")
+                yield lineno, row
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"{p}: not a readable UTF-8 JSONL file ({type(e).__name__})") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every object of a JSONL file (see :func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path)]

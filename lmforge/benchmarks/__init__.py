@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -47,29 +46,17 @@ class BenchmarkDataError(InputError):
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every non-blank line of a JSONL file as an object; ``.gz`` files are decompressed.
-    A line that is not a JSON object is a BenchmarkDataError naming the file and line."""
-    p = Path(path)
-    if p.suffix == ".gz":
-        import gzip
+    """Every object of a JSONL file (``lmforge.io.read_jsonl``); a bad line is a
+    BenchmarkDataError naming the file and line."""
+    from lmforge.errors import MissingInputError
+    from lmforge.io import read_jsonl as _read
 
-        opener: Callable[..., Any] = gzip.open
-    else:
-        opener = open
-    rows = []
-    with opener(p, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkDataError(f"{p}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkDataError(f"{p}:{lineno}: expected a JSON object, got "
-                                         f"{type(row).__name__}")
-            rows.append(row)
-    return rows
+    try:
+        return _read(path)
+    except MissingInputError:
+        raise
+    except LmforgeError as e:
+        raise BenchmarkDataError(str(e)) from None
 
 
 def require_fields(path: Path, rows: list[dict[str, Any]], fields: Iterable[str]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lmforge.benchmarks.gsm8k.reader import reference_text
 from lmforge.curate.text import InputError, MissingInputError, check_input_file, input_schema
-from lmforge.io import read_parquet_rows
+from lmforge.io import iter_jsonl, read_parquet_rows
 
 # ---------------------------------------------------------------------------------------------
 # Text as fastText sees it
@@ -40,21 +40,14 @@ qa_text = reference_text
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("text"), str):
-                yield row["text"]
-            elif isinstance(row, dict) and "question" in row and "answer" in row:
-                yield qa_text(str(row["question"]), str(row["answer"]))
-            else:
-                raise InputError(f"{path}:{lineno}: expected a `text` field or `question` and "
-                                 f"`answer` fields")
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row.get("text"), str):
+            yield row["text"]
+        elif "question" in row and "answer" in row:
+            yield qa_text(str(row["question"]), str(row["answer"]))
+        else:
+            raise InputError(f"{path}:{lineno}: expected a `text` field or `question` and "
+                             f"`answer` fields")
 
 
 def _txt_texts(path: Path, min_words: int) -> Iterator[str]:

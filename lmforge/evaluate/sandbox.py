@@ -8,7 +8,6 @@ per-sample token proving the tests ran to their end) is :mod:`lmforge.evaluate.i
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 import json
 import os
@@ -122,28 +121,9 @@ def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; anything else is a one-line error."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LmforgeError(f"{path}: line {line_no} is not JSON ({e.msg})") from e
-                if not isinstance(obj, dict):
-                    raise LmforgeError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, "
-                                       "expected an object")
-                rows.append((line_no, obj))
-    except IsADirectoryError as e:
-        raise LmforgeError(f"{path} is a directory; give a JSONL file") from e
-    except FileNotFoundError as e:
-        raise LmforgeError(f"{path}: no such file") from e
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
-        raise LmforgeError(f"{path}: not a readable UTF-8 JSONL file ({type(e).__name__})") from e
-    return rows
+    from lmforge.io import iter_jsonl
+
+    return list(iter_jsonl(path))
 
 
 DEFAULT_KS = (1, 10, 100)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmforge.errors import LmforgeError
 from lmforge.errors import MissingInputError
-from lmforge.io import atomic_path, check_output, count_rows
+from lmforge.io import read_jsonl, atomic_path, check_output, count_rows
 
 
 @dataclass
@@ -68,19 +68,7 @@ class ReportStats:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise LmforgeError(f"{path}:{lineno}: not JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise LmforgeError(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append(row)
-    return rows
+    return read_jsonl(path) if path.exists() else []
 
 
 def _read_summary(path: Path) -> dict:
