@@ -4,7 +4,6 @@ readers of reference text (positives), a bounded-memory sample, and the held-out
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata
