@@ -24,39 +24,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from pydantic import Field
-
 from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
-from lmforge.train.loop import (barrier, copy_tokenizer_files, gathered_module, init_distributed, report_run,
-                                train)
-from lmforge.train.sft import RunStats, SFTConfig, check_inputs, prepare
-from lmforge.train.telemetry import Telemetry
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class LoraConfig(SFTConfig):
-    """SFT settings plus the adapter's shape; defaults suit the ``tiny`` model on a CPU."""
-
-    rank: int = Field(8, ge=1, description="LoRA rank r")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (update = alpha/r * BA)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
-    targets: list[str] = Field(default_factory=lambda: list(LLAMA_PROJECTIONS),
-                               description="module names that get adapters (attention and MLP projections)")
-    qlora: bool = Field(False, description="4-bit NF4 base via bitsandbytes (CUDA only)")
-    merge: bool = Field(False, description="also export out_dir/merged: base + adapter as one HF model")
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+# The config is plain data (the Dagster graph imports it to declare the asset); torch,
+# transformers and PEFT are imported by the functions that train.
+from lmforge.train.config import LLAMA_PROJECTIONS, LoraConfig  # noqa: F401
+from lmforge.train.sft import RunStats, check_inputs, prepare
 
 
 def _load_base(cfg: LoraConfig):
+    import torch
     from transformers import AutoModelForCausalLM
 
     if not cfg.qlora:
-        return AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32, local_files_only=True)
     if not torch.cuda.is_available() or cfg.device == "cpu":
         raise ValueError("QLoRA needs a CUDA GPU with bitsandbytes (4-bit kernels); this machine has "
                          "no CUDA device. Use plain LoRA (drop --qlora) on CPU.")
@@ -69,7 +49,7 @@ def _load_base(cfg: LoraConfig):
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(cfg.base, quantization_config=quant,
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, quantization_config=quant, local_files_only=True,
                                                  device_map={"": torch.cuda.current_device()})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -78,6 +58,9 @@ def _save_adapter(engine, out: Path, base: str, dist, records: dict | None = Non
     """Rank 0 writes the adapter files into ``out`` (beside the run's own files), each by rename.
     The adapter lies beside the run's files, so it cannot be swapped by one rename: its
     ``records`` are taken away first and put back last, so they never describe another adapter."""
+    from lmforge.train.distributed import barrier
+    from lmforge.train.export import copy_tokenizer_files, gathered_module
+
     records = records or {}
     with gathered_module(engine):
         if dist.rank == 0:
@@ -98,10 +81,14 @@ def _save_adapter(engine, out: Path, base: str, dist, records: dict | None = Non
 
 def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path) -> None:
     """Fold a saved adapter into a fresh copy of the base and save it as a plain HF model."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+    from lmforge.train.export import copy_tokenizer_files
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                                           local_files_only=True),
                                       str(adapter_dir))
     merged = model.merge_and_unload()
     with atomic_path(out, "dir") as tmp:
@@ -111,15 +98,21 @@ def merge_adapter(base: str | Path, adapter_dir: str | Path, out: str | Path) ->
 
 def train_lora(cfg: LoraConfig) -> RunStats:
     """Train one adapter; every rank calls this, rank 0 writes the adapter and summary."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before the tokenizer's first use
+    import torch
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import AutoTokenizer
+
+    from lmforge.train.loop import init_distributed, report_run, train
+    from lmforge.train.model import flops_per_token
+    from lmforge.train.telemetry import Telemetry
 
     check_inputs(cfg)
     if cfg.qlora and (cfg.device == "cpu" or not torch.cuda.is_available()):
         _load_base(cfg)  # raises the clear error before any process group is set up
     dist = init_distributed(cfg.device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base, local_files_only=True)
     data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = prepare(cfg, tokenizer, dist.world_size)
     run_cfg = cfg.model_copy(update={"max_steps": max_steps})
 
@@ -134,7 +127,6 @@ def train_lora(cfg: LoraConfig) -> RunStats:
     out = claim_output_dir(cfg.out_dir)
     model = get_peft_model(base_model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                       target_modules=cfg.targets, task_type="CAUSAL_LM"))
-    from lmforge.train.model import flops_per_token
 
     with Telemetry(dist.rank, prefix="lora") as tel:
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,

@@ -4,8 +4,8 @@ Llama's recipe is the one most open models share (RMSNorm, rotary position embed
 MLP, grouped-query attention), and building it from ``LlamaForCausalLM`` means the exported
 directory loads with ``AutoModelForCausalLM``, PEFT, lm-eval and vLLM with no conversion.
 
-Presets change sizes, not code. ``tiny`` trains on a laptop CPU in a minute; the others are the
-usual GPT-2/Llama-sized points. The vocabulary always comes from the tokenizer.
+Presets change sizes, not code (``config.PRESETS``, plain data the graph reads without torch).
+The vocabulary always comes from the tokenizer.
 
 Two speed knobs live here because they are about the model's own compute: the output projection
 and cross-entropy computed in chunks of tokens (``linear_cross_entropy``), and the choice of
@@ -17,49 +17,20 @@ from __future__ import annotations
 import functools
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+# The sizes and the attention kernels are plain data, in the light config module (the graph
+# imports them without torch); re-exported here where the model code reads them.
+from lmforge.train.config import ATTENTION_BACKENDS, PRESETS, ModelPreset, get_preset  # noqa: F401
+
 # Peak dense bf16 throughput of one H100 SXM, the usual denominator for MFU.
 H100_BF16_PEAK_FLOPS = 989e12
 # Chinchilla's compute-optimal ratio (Hoffmann et al., 2022).
 CHINCHILLA_TOKENS_PER_PARAM = 20
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_ff: int            # SwiGLU hidden width (about 8/3 d_model, rounded for matmul efficiency)
-    seq_len: int
-    tie_embeddings: bool  # small models spend a large share of parameters on embeddings
-    rope_theta: float = 10_000.0
-
-
-PRESETS: dict[str, ModelPreset] = {
-    # ~1-3M parameters with a few-thousand-token vocabulary: the CPU demo.
-    "tiny": ModelPreset(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384, seq_len=256,
-                        tie_embeddings=True),
-    # GPT-2 small's shape with Llama's blocks.
-    "124m": ModelPreset(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048, seq_len=1024,
-                        tie_embeddings=True),
-    "350m": ModelPreset(d_model=1024, n_layers=24, n_heads=16, n_kv_heads=8, d_ff=2816,
-                        seq_len=1024, tie_embeddings=True),
-    # Llama 3.2 1B's shape.
-    "1b": ModelPreset(d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=8192, seq_len=2048,
-                      tie_embeddings=True, rope_theta=500_000.0),
-}
-
-
-def get_preset(name: str) -> ModelPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
 
 
 def model_config(preset: str | ModelPreset, vocab_size: int, *, bos_id: int | None = None,
@@ -305,9 +276,6 @@ def _chunked_nll(hidden, weight, targets, chunk, dtype, kernel) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # attention kernels
-
-ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
-
 
 def _sdpa_backend(name: str):
     from torch.nn.attention import SDPBackend

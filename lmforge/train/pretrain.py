@@ -14,58 +14,25 @@ loss curve. ``--out`` must be new, empty, or a run directory lmforge made (it ho
 ``.lmforge-output``); the shards, the tokenizer and the destination are checked before any of it
 is touched.
 
-On one process the plain PyTorch engine trains (``--engine``, see ``loop.py``); ``--loss-chunk``
+On one process the plain PyTorch engine trains (``--engine``, see ``engine.py``); ``--loss-chunk``
 and ``--attention-backend`` are the speed knobs of ``model.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from pydantic import Field
-
 from lmforge.errors import LmforgeError
 from lmforge.io import check_output, claim_output_dir
 from lmforge.train import launch
-from lmforge.train.data import TokenWindows, check_vocabulary, read_header
-from lmforge.train.loop import TrainConfig, init_distributed, report_run, save_hf_model, train
-from lmforge.train.model import (PRESETS, ModelPreset, build_model, chinchilla_tokens, flops_per_token,
-                                 get_preset, model_config)
-from lmforge.train.telemetry import Telemetry
+# The config is plain data (the Dagster graph imports it to declare the asset); torch,
+# transformers and DeepSpeed are imported by the functions that train.
+from lmforge.train.config import PretrainConfig
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class PretrainConfig(TrainConfig):
-    """Defaults are the ``tiny`` preset: trains on two CPU cores in about a minute."""
-
-    preset: str = Field("tiny", description=f"model size: one of {sorted(PRESETS)}")
-    data_dir: str = Field("", description="token shards: train.bin/.json, val.bin/.json")
-    tokenizer_dir: str = Field("", description="Hugging Face tokenizer directory")
-    out_dir: str = Field("", description="run directory (resumes if it holds a checkpoint)")
-    seq_len: int | None = Field(None, ge=8, description="context length (None: the preset's)")
-    # The model's shape: the preset's, with any of these set on top, so a new size is a config,
-    # not a new engine preset.
-    d_model: int | None = Field(None, ge=8, description="model width (None: the preset's)")
-    n_layers: int | None = Field(None, ge=1, description="transformer blocks (None: the preset's)")
-    n_heads: int | None = Field(None, ge=1, description="attention heads; must divide d_model "
-                                "(None: the preset's)")
-    n_kv_heads: int | None = Field(None, ge=1, description="key/value heads for grouped-query "
-                                   "attention; must divide n_heads (None: the preset's)")
-    d_ff: int | None = Field(None, ge=8, description="SwiGLU hidden width (None: the preset's)")
-
-    def model_shape(self) -> ModelPreset:
-        """The preset's shape with this config's overrides (seq_len included)."""
-        shape = get_preset(self.preset)
-        overrides = {k: getattr(self, k) for k in
-                     ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "seq_len")
-                     if getattr(self, k) is not None}
-        return dataclasses.replace(shape, **overrides)
+__all__ = ["PretrainConfig", "PretrainStats", "pretrain", "build_parser", "main"]
 
 
 class PretrainStats(dict):
@@ -82,6 +49,9 @@ def _check(cfg: PretrainConfig):
     before the run directory is made or changed. Returns the tokenizer."""
     from transformers import AutoTokenizer
 
+    from lmforge.train.data import check_vocabulary, read_header
+    from lmforge.train.model import model_config
+
     for name in ("data_dir", "tokenizer_dir", "out_dir"):
         if not getattr(cfg, name):
             raise LmforgeError(f"{name} is required")
@@ -95,7 +65,7 @@ def _check(cfg: PretrainConfig):
     read_header(cfg.data_dir, "train")
     check_output(cfg.out_dir, "dir")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_dir, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - a broken tokenizer directory, whatever the library says
         raise LmforgeError(f"cannot load the tokenizer in {cfg.tokenizer_dir}: {' '.join(str(e).split())[:200]}") from None
     check_vocabulary(cfg.data_dir, len(tokenizer))
@@ -104,6 +74,12 @@ def _check(cfg: PretrainConfig):
 
 def pretrain(cfg: PretrainConfig) -> PretrainStats:
     """Train (or resume) one run; every rank calls this, rank 0 writes the outputs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before the tokenizer's first use
+    from lmforge.train.data import TokenWindows
+    from lmforge.train.loop import init_distributed, report_run, save_hf_model, train
+    from lmforge.train.model import build_model, chinchilla_tokens, flops_per_token, model_config
+    from lmforge.train.telemetry import Telemetry
+
     tokenizer = _check(cfg)
     shape = cfg.model_shape()
     seq_len = shape.seq_len

@@ -25,20 +25,19 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pydantic import Field
 
 from lmforge.errors import LmforgeError
 from lmforge.io import check_output, claim_output_dir
-from lmforge.train.loop import TrainConfig, init_distributed, report_run, save_hf_model, train
-from lmforge.train.packing import pack_batch
+# The config is plain data (the Dagster graph imports it to declare the asset); torch and
+# transformers are imported by the functions that tokenize and train.
+from lmforge.train.config import SFTConfig
 from lmforge.train.sft_data import read_conversations
-from lmforge.train.telemetry import Telemetry
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -119,7 +118,9 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_len: int | None =
 
 
 @dataclass
-class SFTDataStats:
+class TokenizedChatStats:
+    """What became of a chat file's conversations once tokenized for training."""
+
     conversations: int = 0
     kept: int = 0
     truncated: int = 0
@@ -151,8 +152,8 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
     return conversations
 
 
-def build_examples(tokenizer, conversations: list[list[dict]], max_len: int | None) -> tuple[list[dict], SFTDataStats]:
-    stats = SFTDataStats(conversations=len(conversations))
+def build_examples(tokenizer, conversations: list[list[dict]], max_len: int | None) -> tuple[list[dict], TokenizedChatStats]:
+    stats = TokenizedChatStats(conversations=len(conversations))
     examples = []
     for messages in conversations:
         ex = tokenize_conversation(tokenizer, messages)
@@ -175,6 +176,8 @@ def build_examples(tokenizer, conversations: list[list[dict]], max_len: int | No
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded micro-batch with targets shifted by one (the loop's convention)."""
+    import torch
+
     width = max(len(e["input_ids"]) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -217,25 +220,6 @@ def split_validation(examples: list[dict], fraction: float, seed: int) -> tuple[
 # the run
 
 
-class SFTConfig(TrainConfig):
-    """Defaults suit the ``tiny`` model on a CPU."""
-
-    base: str = Field("", description="HF model directory (with tokenizer files) to fine-tune")
-    data: str = Field("", description="chat JSONL: {\"messages\": [{\"role\", \"content\"}, ...]}")
-    out_dir: str = Field("", description="run directory (resumes if it holds a checkpoint)")
-    max_len: int = Field(512, ge=8, description="tokens per conversation; longer ones are truncated")
-    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is not set")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from epochs)")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="held-out share of conversations for val loss")
-    micro_batch: int = Field(8, ge=1, description="conversations per micro-batch (packed or padded)")
-    packing: bool = Field(True, description="pack each micro-batch's conversations into rows of max_len "
-                          "positions (block-diagonal attention, restarting positions: the loss of padding)")
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(10, ge=0)
-    eval_every: int = Field(0, ge=0)
-    eval_batches: int = Field(4, ge=0)
-
-
 class RunStats(dict):
     """A run's summary (also in ``summary.json``); ``.model`` is the trained module."""
 
@@ -247,6 +231,8 @@ class RunStats(dict):
 
 def prepare(cfg: SFTConfig, tokenizer, world_size: int):
     """Tokenized train/val examples, the resolved step count, and the batch/eval functions."""
+    from lmforge.train.packing import pack_batch
+
     conversations = read_chat_jsonl(cfg.data)
     examples, data_stats = build_examples(tokenizer, conversations, cfg.max_len)
     train_ex, val_ex = split_validation(examples, cfg.val_fraction, cfg.seed)
@@ -307,16 +293,21 @@ def check_inputs(cfg) -> None:
 
 def sft(cfg: SFTConfig) -> RunStats:
     """Fine-tune ``cfg.base`` on ``cfg.data``; every rank calls this, rank 0 writes the outputs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before the tokenizer's first use
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.train.loop import init_distributed, report_run, save_hf_model, train
+    from lmforge.train.model import flops_per_token
+    from lmforge.train.telemetry import Telemetry
 
     check_inputs(cfg)
     dist = init_distributed(cfg.device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base, local_files_only=True)
     data_stats, train_ex, val_ex, max_steps, batch_fn, eval_fn = prepare(cfg, tokenizer, dist.world_size)
     run_cfg = cfg.model_copy(update={"max_steps": max_steps})
-    model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32, local_files_only=True)
     out = claim_output_dir(cfg.out_dir)
-    from lmforge.train.model import flops_per_token
 
     with Telemetry(dist.rank, prefix="sft") as tel:
         tel.log(f"{data_stats.kept} conversations ({data_stats.dropped_no_target} dropped, "

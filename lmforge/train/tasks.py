@@ -34,7 +34,7 @@ from lmforge.benchmarks import DataUnavailable
 from lmforge.benchmarks import names as benchmark_names
 from lmforge.benchmarks import get as get_benchmark
 from lmforge.paths import REPO_ROOT, benchmarks_dir
-from lmforge.train.sft_data import (DOCUMENT_KINDS, NoConversations, SFTDataStats,
+from lmforge.train.sft_data import (DOCUMENT_KINDS, NoConversations, ChatFileStats,
                                     sft_data_from_benchmark, sft_data_from_documents,
                                     sft_data_from_hub, sft_data_from_jsonl, sft_data_from_qa)
 
@@ -142,7 +142,7 @@ def _resolve(task: AdapterTask) -> Path:
     return path
 
 
-def _from_benchmark(task: AdapterTask, out_path) -> SFTDataStats:
+def _from_benchmark(task: AdapterTask, out_path) -> ChatFileStats:
     """Chats from a registered benchmark's split; missing data makes the task unavailable here."""
     try:
         bench = get_benchmark(task.benchmark)
@@ -168,7 +168,7 @@ def _from_benchmark(task: AdapterTask, out_path) -> SFTDataStats:
 
 
 def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
-                    documents: str | os.PathLike | None = None) -> SFTDataStats:
+                    documents: str | os.PathLike | None = None) -> ChatFileStats:
     """Write the task's conversations to ``out_path`` (chat JSONL, atomically).
 
     ``documents`` is the curated documents Parquet (file or directory) for ``source: documents``.
@@ -182,7 +182,7 @@ def build_task_data(task: AdapterTask, out_path: str | os.PathLike,
                                   f"({str(e).split(': gave no conversations ', 1)[-1]})") from None
 
 
-def _build(task: AdapterTask, out_path, documents) -> SFTDataStats:
+def _build(task: AdapterTask, out_path, documents) -> ChatFileStats:
     if task.source == "documents":
         if documents is None or not Path(documents).exists():
             raise TaskDataUnavailable(f"task {task.name}: no curated documents at {documents}")

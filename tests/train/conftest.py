@@ -1,5 +1,10 @@
 """Shared fixtures for the training tests: one real tokenizer and one set of token shards per
-session, built from GSM8K's train split (real English text the project did not write)."""
+session, built from GSM8K's train split (real English text the project did not write).
+
+The tests read the first 1,000 problems of the split, which the sample shipped in
+``tests/data/benchmarks`` holds, so they run the same on a fresh clone as with the full mirror:
+the tokenizer learns from all of them, the token shards take problems 0-899 (train 0-799, val
+800-899) and the SFT chat file problems 900-963."""
 
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ CHATML = (
 )
 
 
+# Which of the first 1,000 train problems each fixture reads (see the module doc).
+SHARD_TRAIN, SHARD_VAL, SFT_CHATS = slice(0, 800), slice(800, 900), 900
+
+
 def gsm8k_rows(split: str = "train") -> list[dict]:
     root = benchmarks_dir()
     if root is None or not (root / "gsm8k" / f"{split}.jsonl").exists():
@@ -48,7 +57,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_texts(gsm8k_rows("train")[:3000]), trainer=trainer)
+    tok.train_from_iterator(_texts(gsm8k_rows("train")[:1000]), trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
                                  eos_token="<|endoftext|>", pad_token="<|pad|>",
                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
@@ -74,8 +83,8 @@ def shards_dir(tokenizer_dir, tmp_path_factory) -> Path:
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     out = tmp_path_factory.mktemp("tokens")
     rows = gsm8k_rows("train")
-    train = tok(_texts(rows[:2500]), add_special_tokens=False)["input_ids"]
-    val = tok(_texts(rows[2500:2700]), add_special_tokens=False)["input_ids"]
+    train = tok(_texts(rows[SHARD_TRAIN]), add_special_tokens=False)["input_ids"]
+    val = tok(_texts(rows[SHARD_VAL]), add_special_tokens=False)["input_ids"]
     write_shard(out, "train", train, len(tok), tok.eos_token_id)
     write_shard(out, "val", val, len(tok), tok.eos_token_id)
     return out
@@ -109,5 +118,5 @@ def gsm8k_chats(n: int, start: int = 0) -> list[dict]:
 @pytest.fixture(scope="session")
 def chat_jsonl(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sft_data") / "chat.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_chats(64, start=7000)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_chats(64, start=SFT_CHATS)))
     return path
