@@ -36,13 +36,13 @@ _group_of = {key.to_user_string(): a.group_names_by_key[key] for a in all_assets
 def _check_configuration() -> None:
     """A preset or a suite that refers to something missing fails here, when the definitions
     load, in one line naming the file and the key (not in the middle of a run)."""
-    from lmforge.evaluate.harness import SUITES_DIR, load_suite, suite_names
+    from lmforge.evaluate.harness import load_suite, suite_names, suites_dir
     from lmforge.evaluate.tasks import check_local_tasks
 
     suites = set(suite_names())
     validate_presets(set(_group_of), suites)
     for name in sorted(suites):
-        check_local_tasks(load_suite(name), SUITES_DIR / f"{name}.yaml")
+        check_local_tasks(load_suite(name), suites_dir() / f"{name}.yaml")
 
 
 _check_configuration()

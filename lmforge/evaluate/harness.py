@@ -33,7 +33,10 @@ from lmforge.io import atomic_path, check_output
 from lmforge.paths import REPO_ROOT, benchmarks_dir as default_benchmarks_dir
 
 # Suites and our task YAMLs live beside the package in the checkout (not inside the wheel).
-SUITES_DIR = Path(os.environ.get("LMFORGE_EVAL_SUITES_DIR", REPO_ROOT / "eval_suites"))
+def suites_dir() -> Path:
+    """Where the suites are: ``LMFORGE_EVAL_SUITES_DIR`` when set (read at each call), else the
+    repository's ``eval_suites/``."""
+    return Path(os.environ.get("LMFORGE_EVAL_SUITES_DIR") or REPO_ROOT / "eval_suites")
 TASKS_DIR = REPO_ROOT / "lmforge" / "benchmarks"  # our lm-eval tasks: one folder per benchmark
 # Our own tasks: they run completions in lmforge's sandbox, so lm-eval's unsafe-code gate is ours.
 SANDBOXED_TASKS = {"lmforge_humaneval"}
@@ -83,7 +86,7 @@ class Suite(BaseModel):
 
 def suite_names() -> list[str]:
     """The suites under ``eval_suites/`` (one YAML each)."""
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in suites_dir().glob("*.yaml"))
 
 
 def regressions(previous: dict[str, float], summary: "EvalSummary",
@@ -108,9 +111,9 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     """A suite by name (``eval_suites/<name>.yaml``) or by path."""
     p = Path(name_or_path)
     if not p.is_file():
-        p = SUITES_DIR / f"{name_or_path}.yaml"
+        p = suites_dir() / f"{name_or_path}.yaml"
     if not p.is_file():
-        known = sorted(x.stem for x in SUITES_DIR.glob("*.yaml"))
+        known = sorted(x.stem for x in suites_dir().glob("*.yaml"))
         raise LmforgeError(f"unknown suite {name_or_path!r}: not a file, and not one of {known}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ from lmforge.evaluate.harness import EvalConfig, EvalSummary, evaluate, load_sui
 
 def _suite(tmp_path: Path, *names: str, **overrides) -> str:
     """A suite file with some of the smoke suite's tasks (optionally changed)."""
-    smoke = yaml.safe_load(Path(load_suite.__globals__["SUITES_DIR"], "smoke.yaml").read_text())
+    smoke = yaml.safe_load(Path(load_suite.__globals__["suites_dir"](), "smoke.yaml").read_text())
     smoke["tasks"] = [{**t, **overrides.get(t["name"], {})} for t in smoke["tasks"] if t["name"] in names]
     path = tmp_path / f"suite-{'-'.join(names)}.yaml"
     path.write_text(yaml.safe_dump(smoke))
