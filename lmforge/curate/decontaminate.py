@@ -63,7 +63,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from lmforge.benchmarks import BenchmarkDataError, DataUnavailable, get, registry
 
 from lmforge.curate.text import (InputError, MissingInputError, check_outputs, config_error,
-                                 extend_schema, input_schema, open_sinks)
+                                 extend_schema, fmix64, hash_powers, input_schema, open_sinks)
 from lmforge.errors import LmforgeError
 from lmforge.io import read_parquet_rows, removed_path_for
 
@@ -212,30 +212,7 @@ def normalize(text: str, lowercase: bool = True, strip_punctuation: bool = True)
 # so an n-gram hashes the same in a benchmark item and in a document. P is odd, hence invertible
 # mod 2^64. A MurmurHash3 finalizer then spreads the bits.
 
-_P = np.uint64(0x100000001B3)  # the 64-bit FNV prime
-_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
-_powers_cache: dict[str, np.ndarray] = {"pw": np.ones(1, np.uint64), "inv": np.ones(1, np.uint64)}
-
-
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^j and P^-j mod 2^64 for j < n, cached and grown by doubling."""
-    if len(_powers_cache["pw"]) < n:
-        size = max(n, 2 * len(_powers_cache["pw"]))
-        with np.errstate(over="ignore"):
-            for key, base in (("pw", _P), ("inv", _P_INV)):
-                steps = np.full(size, base, dtype=np.uint64)
-                steps[0] = 1
-                _powers_cache[key] = np.cumprod(steps, dtype=np.uint64)
-    return _powers_cache["pw"][:n], _powers_cache["inv"][:n]
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        h = h ^ (h >> np.uint64(33))
-        h = h * np.uint64(0xFF51AFD7ED558CCD)
-        h = h ^ (h >> np.uint64(33))
-        h = h * np.uint64(0xC4CEB9FE1A85EC53)
-        return h ^ (h >> np.uint64(33))
+# The powers of P and the finalizer are those of lmforge.curate.text (one rolling hash).
 
 
 class _Words:
@@ -255,7 +232,7 @@ class _Words:
         # Word k > 0 begins a new text when the separator before it is a newline.
         local = np.concatenate(([0], np.cumsum(b[seps] == 10)))
         self.text_of = np.asarray(nonempty, dtype=np.int64)[local]
-        pw, self._inv = _powers(b.size + 1)
+        pw, self._inv = hash_powers(b.size + 1)
         with np.errstate(over="ignore"):
             self.prefix = np.concatenate(
                 ([np.uint64(0)], np.cumsum(b.astype(np.uint64) * pw[: b.size], dtype=np.uint64)))
@@ -267,7 +244,7 @@ class _Words:
         """64-bit hashes of the word spans first..last (inclusive word indices)."""
         s, e = self.starts[first], self.ends[last]
         with np.errstate(over="ignore"):
-            return _fmix64((self.prefix[e] - self.prefix[s]) * self._inv[s])
+            return fmix64((self.prefix[e] - self.prefix[s]) * self._inv[s])
 
     def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, first word index) of every n-gram that lies inside one text."""

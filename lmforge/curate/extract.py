@@ -47,9 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-import pyarrow as pa
 from pydantic import BaseModel, Field
-from warcio.archiveiterator import ArchiveIterator
 
 from lmforge.crawl.urls import decode_html, looks_like_html, normalize_url
 from lmforge.crawl.warc_io import warc_files
@@ -59,15 +57,14 @@ from lmforge.curate.text import InputError, MissingInputError, check_outputs
 from lmforge.errors import LmforgeError
 from lmforge.io import removed_path_for, write_parquet
 
-DOCUMENT_SCHEMA = pa.schema([
-    ("id", pa.string()), ("url", pa.string()), ("title", pa.string()),
-    ("fetch_time", pa.string()), ("text", pa.string()),
-])
-REMOVED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("url", pa.string()), ("title", pa.string()),
-    ("fetch_time", pa.string()), ("text", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()),
-])
+def _schemas():
+    """The extracted documents' schema and the removed ones' (pyarrow loads when extract runs)."""
+    import pyarrow as pa
+
+    text = ("id", "url", "title", "fetch_time", "text")
+    kept = pa.schema([(c, pa.string()) for c in text])
+    removed = pa.schema([(c, pa.string()) for c in (*text, "reason", "detail")])
+    return kept, removed
 # The chrome around every pydoc page: interpreter and kernel version (top left), navigation and
 # search forms (top right), the module's file path and links (beside its name). Repeated on
 # every page and machine-specific, so the tiny preset leaves it out; these selectors match
@@ -230,6 +227,8 @@ def _rows(paths: list[Path], cfg: ExtractConfig, stats: ExtractStats,
         removed.append({**row, "text": row.get("text", "")[:REMOVED_TEXT_CHARS],
                         "reason": reason, "detail": detail})
 
+    from warcio.archiveiterator import ArchiveIterator
+
     for path in paths:
         stats.warc_files += 1
         try:
@@ -384,8 +383,9 @@ def extract(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
     paths = check_archives(paths, cfg, stats)
     stats.warc_files += len(stats.bad_archive_files)
     removed: list[dict[str, Any]] = []
-    write_parquet(out_path, _rows(paths, cfg, stats, removed), schema=DOCUMENT_SCHEMA)
-    write_parquet(rpath, removed, schema=REMOVED_SCHEMA)
+    kept_schema, removed_schema = _schemas()
+    write_parquet(out_path, _rows(paths, cfg, stats, removed), schema=kept_schema)
+    write_parquet(rpath, removed, schema=removed_schema)
     stats.elapsed_s = time.monotonic() - start
     stats.out_path, stats.removed_path = str(out_path), str(rpath)
     return stats

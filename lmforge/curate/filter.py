@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.filter_config import FilterConfig, FilterStats
@@ -94,6 +93,8 @@ def identify_languages(model, texts: list[str]) -> list[tuple[str, float]]:
 def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None = None) -> FilterStats:
     """Read documents from ``in_path``; write the kept ones (with ``lang``, ``lang_score``) to
     ``out_path`` and the removed ones (with ``reason`` too) to ``removed_path``."""
+    import pyarrow as pa
+
     cfg = cfg or FilterConfig()
     if not 0.0 <= cfg.min_lang_score <= 1.0:
         raise InputError(f"min_lang_score must be in [0, 1], got {cfg.min_lang_score}")

@@ -41,10 +41,12 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:  # numpy and pyarrow load where the work happens
+    import numpy as np
+    import pyarrow as pa
+
 from pydantic import BaseModel, Field
 
 from lmforge.config import add_config_arguments, config_from_args
@@ -212,6 +214,8 @@ def _load_fasttext(bin_path: Path):
 
 def predict_hq(model, lines: list[str]) -> np.ndarray:
     """P(hq) of each fastText line (0.0 for an empty one)."""
+    import numpy as np
+
     out = np.zeros(len(lines), dtype=np.float32)
     todo = [i for i, line in enumerate(lines) if line]
     if todo:
@@ -225,6 +229,8 @@ def predict_hq(model, lines: list[str]) -> np.ndarray:
 def train_quality_classifier(negatives_path, out_dir, cfg: QualityConfig | None = None
                              ) -> QualityModelStats:
     """Train the hq-vs-crawl classifier; write ``out_dir/quality.bin`` and ``quality.json``."""
+    import numpy as np
+
     cfg = cfg or QualityConfig()
     if not 0.0 < cfg.holdout_fraction < 1.0:
         raise InputError(f"holdout_fraction must be in (0, 1), got {cfg.holdout_fraction}")
@@ -310,6 +316,8 @@ class QualityStats:
         return self.input_documents - self.kept_documents
 
     def to_metadata(self) -> dict[str, Any]:
+        import numpy as np
+
         s = np.frombuffer(self.scores, dtype=np.float32) if len(self.scores) else np.zeros(0)
         counts, _ = np.histogram(s, bins=10, range=(0.0, 1.0))
         deciles = np.quantile(s, np.arange(1, 10) / 10) if len(s) else np.zeros(9)
@@ -376,6 +384,9 @@ def score_documents(in_path, out_path, removed_path, model_dir,
     """Score every document of ``in_path`` with P(hq); keep those at or above the threshold (or
     the top ``keep_fraction``) in ``out_path``, the rest in ``removed_path`` with reason
     ``quality``. Both outputs get the ``quality`` column."""
+    import numpy as np
+    import pyarrow as pa
+
     cfg = cfg or QualityConfig()
     if not 0.0 <= cfg.threshold <= 1.0:
         raise InputError(f"threshold must be in [0, 1], got {cfg.threshold}")

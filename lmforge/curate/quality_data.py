@@ -8,9 +8,11 @@ import random
 import re
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads where the work happens
+    import numpy as np
+
 
 from lmforge.benchmarks.gsm8k.reader import reference_text
 from lmforge.curate.text import InputError, MissingInputError, check_input_file, input_schema
@@ -103,6 +105,8 @@ def _sample(lines: Iterable[str], k: int, rng: random.Random) -> tuple[list[str]
 
 def binary_metrics(p_hq: np.ndarray, is_hq: np.ndarray, threshold: float) -> dict[str, float]:
     """Precision/recall/F1 of the hq class at ``threshold``, accuracy, and ROC AUC."""
+    import numpy as np
+
     pred = p_hq >= threshold
     tp = int(np.sum(pred & is_hq))
     fp = int(np.sum(pred & ~is_hq))

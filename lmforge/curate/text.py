@@ -17,11 +17,11 @@ import subprocess
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # numpy and pyarrow load where documents are hashed or written
+    import numpy as np
+    import pyarrow as pa
 
 from lmforge.errors import InputError, LmforgeError, MissingInputError  # noqa: F401
 from lmforge.io import atomic_path, check_output, parquet_files
@@ -77,27 +77,34 @@ def normalize(text: str) -> str:
 # prefix-sum array: h(s, e) = (H[e] - H[s]) * P^-s. So a document's shingles cost a handful of
 # numpy calls instead of one Python hash call per shingle. The odd base P has an inverse mod 2^64.
 
-_P = np.uint64(0x100000001B3)  # the 64-bit FNV prime: odd, so invertible mod 2^64
-_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
-_pow_cache = {"pw": np.ones(1, dtype=np.uint64), "inv": np.ones(1, dtype=np.uint64)}
+_P = 0x100000001B3  # the 64-bit FNV prime: odd, so invertible mod 2^64
+_P_INV = pow(_P, -1, 1 << 64)
+_pow_cache: dict[str, Any] = {}
 
 
-def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+def hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """P^j and P^-j mod 2^64 for j < n (cached, grown by doubling)."""
+    import numpy as np
+
+    if not _pow_cache:
+        _pow_cache["pw"] = np.ones(1, dtype=np.uint64)
+        _pow_cache["inv"] = np.ones(1, dtype=np.uint64)
     pw = _pow_cache["pw"]
     if len(pw) < n:
         size = max(n, 2 * len(pw))
         with np.errstate(over="ignore"):
-            pw = np.cumprod(np.concatenate(([np.uint64(1)], np.full(size - 1, _P, np.uint64))),
+            pw = np.cumprod(np.concatenate(([np.uint64(1)], np.full(size - 1, np.uint64(_P), np.uint64))),
                             dtype=np.uint64)
-            inv = np.cumprod(np.concatenate(([np.uint64(1)], np.full(size - 1, _P_INV, np.uint64))),
+            inv = np.cumprod(np.concatenate(([np.uint64(1)], np.full(size - 1, np.uint64(_P_INV), np.uint64))),
                              dtype=np.uint64)
         _pow_cache["pw"], _pow_cache["inv"] = pw, inv
     return _pow_cache["pw"][:n], _pow_cache["inv"][:n]
 
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
+def fmix64(h: np.ndarray) -> np.ndarray:
     """The MurmurHash3 64-bit finalizer: spreads the polynomial hash's bits before truncation."""
+    import numpy as np
+
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xFF51AFD7ED558CCD)
     h = h ^ (h >> np.uint64(33))
@@ -110,6 +117,8 @@ def shingle_hashes(normalized: str, k: int) -> np.ndarray:
 
     A text of fewer than k words is one shingle; an empty text has none.
     """
+    import numpy as np
+
     if k < 1:
         raise ValueError(f"shingle size must be >= 1, got {k}")
     b = np.frombuffer(normalized.encode("utf-8"), dtype=np.uint8)
@@ -122,12 +131,12 @@ def shingle_hashes(normalized: str, k: int) -> np.ndarray:
         starts, ends = starts[:1], ends[-1:]
     else:
         starts, ends = starts[: len(starts) - k + 1], ends[k - 1:]
-    pw, inv = _powers(b.size + 1)
+    pw, inv = hash_powers(b.size + 1)
     with np.errstate(over="ignore"):
         prefix = np.concatenate(([np.uint64(0)], np.cumsum(b.astype(np.uint64) * pw[: b.size],
                                                             dtype=np.uint64)))
         h = (prefix[ends] - prefix[starts]) * inv[starts]
-        return (_fmix64(h) >> np.uint64(32)).astype(np.uint32)
+        return (fmix64(h) >> np.uint64(32)).astype(np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +149,9 @@ def input_schema(path: str | os.PathLike, required: tuple[str, ...] = ("id", "te
 
     Every file's footer is read (cheap), so a bad part of a directory fails here, before any
     output is started, rather than half-way through the stage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     p = Path(path)
     if not p.exists():
         raise MissingInputError(f"no Parquet file or directory at {p}")
@@ -181,6 +193,8 @@ def _first_line(e: BaseException) -> str:
 
 def extend_schema(schema: pa.Schema, extra: list[tuple[str, pa.DataType]]) -> pa.Schema:
     """``schema`` plus the columns in ``extra`` (replacing any of the same name)."""
+    import pyarrow as pa
+
     names = {n for n, _ in extra}
     fields = [f for f in schema if f.name not in names]
     return pa.schema(fields + [pa.field(n, t) for n, t in extra])
@@ -190,6 +204,8 @@ class ParquetSink:
     """Buffer rows and write them in batches to one Parquet file with a fixed schema."""
 
     def __init__(self, path: Path, schema: pa.Schema, batch_rows: int = 5_000):
+        import pyarrow.parquet as pq
+
         self.schema = schema
         self.batch_rows = batch_rows
         self.rows: list[Mapping[str, Any]] = []
@@ -203,6 +219,8 @@ class ParquetSink:
 
     def flush(self) -> None:
         if self.rows:
+            import pyarrow as pa
+
             self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.count += len(self.rows)
             self.rows = []

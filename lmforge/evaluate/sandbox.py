@@ -14,9 +14,11 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads where the work happens
+    import numpy as np
+
 
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.errors import LmforgeError
@@ -61,8 +63,11 @@ def estimate_pass_at_k(num_samples: int | list[int] | np.ndarray, num_correct: l
                        k: int) -> np.ndarray:
     """The unbiased pass@k estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), per problem,
     computed as a product so that large n does not overflow."""
+    import numpy as np
+
 
     def one(n: int, c: int) -> float:
+        import numpy as np
         if n - c < k:
             return 1.0
         return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
@@ -73,6 +78,8 @@ def estimate_pass_at_k(num_samples: int | list[int] | np.ndarray, num_correct: l
 
 def pass_at_k(results: Iterable[Mapping[str, Any]], ks: Iterable[int] = (1,)) -> dict[str, float]:
     """pass@k over per-sample results (``task_id``, ``passed``), for every k <= samples per task."""
+    import numpy as np
+
     total: dict[str, int] = {}
     correct: dict[str, int] = {}
     for r in results:

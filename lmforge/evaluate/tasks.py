@@ -34,7 +34,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LMFORGE_CACHE_DIR", Path.home() / ".cache" / "lmforge")) / "eval"
 
 
-class _TaskYamlLoader(yaml.SafeLoader):
+class _TaskYamlLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present
     """Reads task YAMLs for their names only: ``!function`` tags stay unresolved strings."""
 
 

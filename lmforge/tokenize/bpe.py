@@ -38,9 +38,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # numpy and pyarrow load where the work happens
+    import pyarrow.parquet as pq
+
 from pydantic import BaseModel, Field
 
 from lmforge.config import add_config_arguments, config_from_args
@@ -121,6 +123,8 @@ def heldout_ids(docs_path: str | os.PathLike, fraction: float, seed: int = 0) ->
     Reads only the ``id`` column. With two documents or more, at least one is held out and at
     least one is not, so a tiny corpus still has a validation split.
     """
+    import pyarrow.parquet as pq
+
     ids: list[str] = []
     for file in parquet_files(docs_path):
         pf = pq.ParquetFile(file)
@@ -143,6 +147,8 @@ def heldout_ids(docs_path: str | os.PathLike, fraction: float, seed: int = 0) ->
 def iter_texts(docs_path: str | os.PathLike, batch_rows: int = 1000,
                exclude: set[str] | None = None, only: set[str] | None = None) -> Iterator[list[str]]:
     """Batches of document texts from Parquet, streamed; empty or missing texts are skipped."""
+    import pyarrow.parquet as pq
+
     for file in parquet_files(docs_path):
         pf = pq.ParquetFile(file)
         if "text" not in pf.schema_arrow.names:

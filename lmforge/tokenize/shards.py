@@ -33,9 +33,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy and pyarrow load where the work happens
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
 from pydantic import BaseModel, Field
 
 from lmforge.config import add_config_arguments, config_from_args
@@ -45,7 +49,11 @@ from lmforge.io import atomic_path, check_output, parquet_files
 from lmforge.tokenize.bpe import EOS_TOKEN, error_line, heldout_ids
 
 SPLITS = ("train", "val")
-VAL_SCHEMA = pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
+def _val_schema():
+    import pyarrow as pa
+    import pyarrow as pa
+
+    return pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
 
 
 class ShardConfig(BaseModel):
@@ -78,6 +86,8 @@ class ShardStats:
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 holds ids < 65536 and halves the bytes read per step; larger vocabularies need uint32."""
+    import numpy as np
+
     return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
 
 
@@ -124,6 +134,10 @@ def _load_fast_tokenizer(tokenizer_dir: Path):
 def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.PathLike,
                        out_dir: str | os.PathLike, cfg: ShardConfig | None = None) -> ShardStats:
     """Tokenize ``docs_path`` (Parquet: id, url, text) into ``out_dir`` (see the module doc)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     cfg = cfg or ShardConfig()
     # Refused before any tokenizing: an output over a directory lmforge did not make (its files
     # would be lost), a read-only place, an input that is not a document table.
@@ -145,7 +159,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
         last_report = t0
         # val.parquet is streamed too: 5 % of a large corpus is still too much text to hold.
         with open(tmp / "train.bin", "wb") as f_train, open(tmp / "val.bin", "wb") as f_val, \
-                pq.ParquetWriter(tmp / "val.parquet", VAL_SCHEMA) as val_writer:
+                pq.ParquetWriter(tmp / "val.parquet", _val_schema()) as val_writer:
             files = {"train": f_train, "val": f_val}
             for file in parquet_files(docs_path):
                 pf = pq.ParquetFile(file)
@@ -177,7 +191,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
                         if chunks[split]:
                             files[split].write(np.concatenate(chunks[split]).tobytes())
                     if val_rows:
-                        val_writer.write_table(pa.Table.from_pylist(val_rows, schema=VAL_SCHEMA))
+                        val_writer.write_table(pa.Table.from_pylist(val_rows, schema=val_writer.schema))
                     if time.perf_counter() - last_report > 10:
                         last_report = time.perf_counter()
                         total = tokens["train"] + tokens["val"]
@@ -222,6 +236,8 @@ def load_tokens(out_dir: str | os.PathLike, split: str) -> np.memmap:
 
     An empty split comes back as an empty read-only array (a zero-byte file cannot be mapped).
     """
+    import numpy as np
+
     header = read_header(out_dir, split)
     dtype = np.dtype(header["dtype"])
     path = Path(out_dir) / f"{split}.bin"

@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from lmforge.errors import LmforgeError
 from lmforge.io import check_output, claim_output_dir
 # The config is plain data (the Dagster graph imports it to declare the asset); torch and
@@ -37,6 +35,7 @@ from lmforge.train.config import SFTConfig
 from lmforge.train.sft_data import read_conversations
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 IGNORE = -100
@@ -198,6 +197,8 @@ class ExampleOrder:
         self.n, self.seed, self._cache = n, seed, {}
 
     def _perm(self, epoch: int) -> np.ndarray:
+        import numpy as np
+
         if epoch not in self._cache:
             self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
         return self._cache[epoch]
@@ -208,6 +209,8 @@ class ExampleOrder:
 
 
 def split_validation(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    import numpy as np
+
     n_val = int(len(examples) * fraction)
     if n_val == 0:
         return examples, []
