@@ -54,10 +54,12 @@ import sys
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
+if TYPE_CHECKING:  # numpy and pyarrow load where the work happens
+    import numpy as np
+    import pyarrow as pa
+
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from lmforge.benchmarks import BenchmarkDataError, DataUnavailable, get, registry
@@ -219,6 +221,7 @@ class _Words:
     """The words of many normalized texts: byte spans in one buffer, and the text of each word."""
 
     def __init__(self, texts: list[str]):
+        import numpy as np
         nonempty = [i for i, t in enumerate(texts) if t]
         self.data = np.frombuffer("\n".join(texts[i] for i in nonempty).encode("utf-8"), np.uint8)
         if not nonempty:
@@ -242,12 +245,16 @@ class _Words:
 
     def span_hashes(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         """64-bit hashes of the word spans first..last (inclusive word indices)."""
+        import numpy as np
+
         s, e = self.starts[first], self.ends[last]
         with np.errstate(over="ignore"):
             return fmix64((self.prefix[e] - self.prefix[s]) * self._inv[s])
 
     def ngrams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, first word index) of every n-gram that lies inside one text."""
+        import numpy as np
+
         if len(self) < n:
             return np.empty(0, np.uint64), np.empty(0, np.int64)
         first = np.arange(len(self) - n + 1)
@@ -256,6 +263,8 @@ class _Words:
 
     def has_letters(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Whether each word span first..last holds a letter (a non-ASCII byte counts as one)."""
+        import numpy as np
+
         b = self.data
         letter = ((b | 32) >= 97) & ((b | 32) <= 122) | (b >= 128)  # b | 32 lower-cases ASCII
         words_with = np.add.reduceat(letter.astype(np.int64), self.starts) > 0
@@ -289,6 +298,12 @@ def benchmark_items(name: str, cfg: DecontamConfig) -> list[str]:
 _FILTER_BITS = 24  # 2^24-bit prefilter (2 MiB): passes ~4 % of document n-grams at 10^6 entries
 
 
+def _empty_filter() -> np.ndarray:
+    import numpy as np
+
+    return np.zeros(1 << (_FILTER_BITS - 3), np.uint8)
+
+
 @dataclass
 class BenchmarkIndex:
     name: str
@@ -298,9 +313,10 @@ class BenchmarkIndex:
     # A one-hash Bloom filter over the top bits of every hash. Binary search in a table of 10^6
     # hashes is a cache miss per step; the filter answers "certainly not here" for most document
     # n-grams from 2 MiB that stay in cache, and only the rest are searched (~8x faster).
-    filter: np.ndarray = field(default_factory=lambda: np.zeros(1 << (_FILTER_BITS - 3), np.uint8))
+    filter: np.ndarray = field(default_factory=lambda: _empty_filter())
 
     def __post_init__(self) -> None:
+        import numpy as np
         for table in self.hashes.values():
             top = table >> np.uint64(64 - _FILTER_BITS)
             np.bitwise_or.at(self.filter, top >> np.uint64(3),
@@ -308,6 +324,8 @@ class BenchmarkIndex:
 
     def contains(self, n: int, h: np.ndarray) -> np.ndarray:
         """Which of the n-word hashes h are indexed."""
+        import numpy as np
+
         table = self.hashes.get(n)
         if table is None or not h.size:
             return np.zeros(h.shape, bool)
@@ -323,6 +341,8 @@ class BenchmarkIndex:
 
 def index_items(name: str, items: list[str], cfg: DecontamConfig) -> BenchmarkIndex:
     """Hash every n-gram of every item, and every short item of min_item_words+ words whole."""
+    import numpy as np
+
     t0 = time.perf_counter()
     texts = [normalize(t, cfg.lowercase, cfg.strip_punctuation) for t in items]
     words = _Words(texts)
@@ -392,6 +412,8 @@ def find_matches(texts: list[str], indexes: list[BenchmarkIndex], cfg: DecontamC
                  ) -> list[Match | None]:
     """For each raw text: the benchmark it shares most distinct n-grams with (at least
     min_matches; ties go to the earlier benchmark in cfg.benchmarks), or None."""
+    import numpy as np
+
     words = _Words([normalize(t or "", cfg.lowercase, cfg.strip_punctuation) for t in texts])
     best: list[Match | None] = [None] * len(texts)
     lengths = sorted({n for ix in indexes for n in ix.hashes})
@@ -434,6 +456,8 @@ def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = 
     """Copy the documents at ``in_path`` to ``out_path``, except those sharing at least
     ``cfg.min_matches`` n-grams with a benchmark, which go to ``removed_path`` with
     ``reason="contaminated"``, ``benchmark``, ``matched_ngram`` and ``ngram_matches``."""
+    import pyarrow as pa
+
     cfg = cfg or DecontamConfig()
     t0 = time.perf_counter()
     check_outputs(out_path, removed_path, inputs=(in_path,))
