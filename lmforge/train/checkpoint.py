@@ -20,10 +20,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import random
 import re
 import shutil
+from _pickle import UnpicklingError  # what weights_only=True raises for a refused global
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -80,7 +80,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     try:
         with torch.serialization.safe_globals(_checkpoint_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
+    except UnpicklingError as e:
         raise _refusal(path, e) from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise LmforgeError(f"cannot read checkpoint file {path}: {' '.join(str(e).split())[:200]}") from None
