@@ -37,12 +37,13 @@ def _check_configuration() -> None:
     """A preset or a suite that refers to something missing fails here, when the definitions
     load, in one line naming the file and the key (not in the middle of a run)."""
     from lmforge.evaluate.harness import load_suite, suite_names, suites_dir
-    from lmforge.evaluate.tasks import check_local_tasks
+    from lmforge.evaluate.tasks import check_local_tasks, local_task_names
 
     suites = set(suite_names())
     validate_presets(set(_group_of), suites)
+    known = local_task_names()  # read the task YAMLs once for every suite
     for name in sorted(suites):
-        check_local_tasks(load_suite(name), suites_dir() / f"{name}.yaml")
+        check_local_tasks(load_suite(name), suites_dir() / f"{name}.yaml", known=known)
 
 
 _check_configuration()

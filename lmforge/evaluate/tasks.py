@@ -62,10 +62,11 @@ def local_task_names(extra_roots: Iterable[str | os.PathLike] = ()) -> dict[str,
 
 
 def check_local_tasks(suite: Any, suite_path: str | os.PathLike,
-                      extra_roots: Iterable[str | os.PathLike] = ()) -> None:
+                      extra_roots: Iterable[str | os.PathLike] = (),
+                      known: dict[str, Path] | None = None) -> None:
     """Raise one line naming the suite file and the key when a suite task's ``local_task`` is
     not one of our tasks (``suite`` is a harness ``Suite``: ``.tasks[i].local_task``)."""
-    known = local_task_names(extra_roots)
+    known = local_task_names(extra_roots) if known is None else known
     for i, t in enumerate(suite.tasks):
         if t.local_task and t.local_task not in known:
             tops = sorted(n for n in known if n.startswith("lmforge_") and "_mmlu_" not in n)
