@@ -38,13 +38,14 @@ from lmforge.train.export import (TOKENIZER_FILES, copy_tokenizer_files, gathere
                                   report_run, save_hf_model)
 from lmforge.train.model import attention_context, causal_lm_parts, check_attention_backend, count_params, \
     linear_cross_entropy
+from lmforge.train.objectives import Objective, TokenNLL
 from lmforge.train.telemetry import Telemetry
 
 Batch = dict[str, torch.Tensor]
 
 __all__ = [
     # the loop
-    "Batch", "TrainResult", "evaluate", "forward_nll", "input_tokens", "train",
+    "Batch", "TrainResult", "evaluate", "forward_nll", "input_tokens", "train", "Objective", "TokenNLL",
     # re-exported from the modules the loop drives
     "TrainConfig", "Dist", "init_distributed", "all_reduce_sum", "barrier",
     "PlainEngine", "build_engine", "compile_enabled", "compile_engine", "deepspeed_config", "lr_at",
@@ -73,9 +74,15 @@ class TrainResult:
     engine: Any = field(default=None, repr=False)
     # What the trained weights come from, to be exported with them (``save_hf_model(records=)``).
     records: dict = field(default_factory=dict, repr=False)
+    # The objective's statistics (means over the last step, and over the final held-out pass).
+    final_stats: dict = field(default_factory=dict)
+    final_val_stats: dict = field(default_factory=dict)
 
     def to_metadata(self) -> dict:
-        meta = {k: v for k, v in self.__dict__.items() if k not in ("engine", "engine_name", "records")}
+        skip = ("engine", "engine_name", "records", "final_stats", "final_val_stats")
+        meta = {k: v for k, v in self.__dict__.items() if k not in skip}
+        meta.update({f"final_{k}": v for k, v in self.final_stats.items()})
+        meta.update({f"final_val_{k}": v for k, v in self.final_val_stats.items()})
         return {**meta, "engine": self.engine_name}
 
 
@@ -127,29 +134,49 @@ def forward_nll(model, batch: Batch, loss_chunk: int = 0, compiled: bool = False
                            ignore_index=-100, reduction="sum")
 
 
-def _targets(batch: Batch) -> int:
-    return int((batch["targets"] != -100).sum())
+def _sum_stats(total: dict, stats: dict) -> None:
+    for k, v in stats.items():
+        v = v.detach().to(torch.float64)
+        total[k] = total[k] + v if k in total else v
 
 
-def evaluate(engine, eval_batches: Iterable[Batch], cfg: TrainConfig, dist: Dist) -> float | None:
+def _reduce_stats(stats: dict, n: float, dist: Dist) -> dict[str, float]:
+    names = sorted(stats)
+    values = all_reduce_sum([stats[k] for k in names], dist) if names else []
+    return {k: float(v) / max(1.0, n) for k, v in zip(names, values)}
+
+
+def evaluate_objective(engine, eval_batches: Iterable[Batch], cfg: TrainConfig, dist: Dist,
+                       objective: Objective | None = None) -> tuple[float | None, dict[str, float]]:
+    """The objective's mean loss and statistics over ``eval_batches`` (all ranks together)."""
+    objective = objective or TokenNLL(cfg.loss_chunk, compile_enabled(cfg, dist))
     engine.eval()
-    nll = torch.zeros((), dtype=torch.float64, device=dist.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dist.device)
+    stats: dict = {}
     n = 0
     with torch.no_grad(), _autocast(cfg, dist), attention_context(cfg.attention_backend):
         for batch in eval_batches:
-            n += _targets(batch)  # on the host, before the copy: no wait for the device
+            n += objective.count(batch)  # on the host, before the copy: no wait for the device
             batch = _to(batch, dist.device)
-            nll += forward_nll(engine, batch, cfg.loss_chunk, compile_enabled(cfg, dist))
+            loss, batch_stats = objective.loss(engine, batch)
+            loss_sum += loss.detach().to(torch.float64)
+            _sum_stats(stats, batch_stats)
     engine.train()
-    nll, n = all_reduce_sum([nll, n], dist)
-    return nll / n if n else None
+    loss_sum, n = all_reduce_sum([loss_sum, n], dist)
+    return (loss_sum / n if n else None), _reduce_stats(stats, n, dist)
+
+
+def evaluate(engine, eval_batches: Iterable[Batch], cfg: TrainConfig, dist: Dist,
+             objective: Objective | None = None) -> float | None:
+    return evaluate_objective(engine, eval_batches, cfg, dist, objective)[0]
 
 
 def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
           batch_fn: Callable[[int, int, int, int], Batch],
           eval_fn: Callable[[int, int], Iterable[Batch]] | None,
           dist: Dist, telemetry: Telemetry, flops_per_token: float = 0.0,
-          config_record: dict | None = None, inputs: Iterable[str | Path] = ()) -> TrainResult:
+          config_record: dict | None = None, inputs: Iterable[str | Path] = (),
+          objective: Objective | None = None) -> TrainResult:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps, resuming from ``out_dir`` if it holds
     a checkpoint.
 
@@ -158,7 +185,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
     ``eval_fn(rank, world_size)`` yields the val batches. Rank 0 writes ``metrics.jsonl`` and
     TensorBoard logs under ``out_dir``. ``inputs`` are the files the run trains from: with
     ``config_record`` they decide whether a checkpoint in ``out_dir`` is resumed
-    (``run_fingerprint``).
+    (``run_fingerprint``). ``objective`` (``objectives.py``) is what a step minimises: the
+    token NLL of ``batch['targets']`` by default; DPO and GRPO bring their own.
     """
     resolve_engine(cfg, dist.world_size)  # a bad combination fails before any work
     out_dir = Path(out_dir)
@@ -178,6 +206,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
     compile_ = compile_enabled(cfg, dist)
     if compile_:
         compile_engine(engine, cfg)
+    objective = objective or TokenNLL(cfg.loss_chunk, compile_)
     telemetry.log(f"engine {engine_name}" + (f", ZeRO {cfg.zero_stage}" if engine_name == "deepspeed" else "")
                   + f", attention {cfg.attention_backend}"
                   + (f", loss in chunks of {cfg.loss_chunk} tokens" if cfg.loss_chunk else "")
@@ -225,6 +254,8 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
                 "loss": loss, "val_loss": val_loss}
 
     loss, val_loss = saved_loss, saved_val_loss
+    step_stats: dict[str, float] = {}
+    val_stats: dict[str, float] = {}
     window_tokens, window_t0 = 0, time.perf_counter()
     engine.train()
     for step in range(start, cfg.max_steps):
@@ -234,7 +265,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
             group["lr"] = lr
         batches = [batch_fn(step, m, dist.rank, dist.world_size) for m in range(cfg.grad_accum)]
         # Counted on the host before the copy: counting device tensors would wait for the device.
-        n_local = sum(_targets(b) for b in batches)
+        n_local = sum(objective.count(b) for b in batches)
         in_local = sum(input_tokens(b) for b in batches)
         batches = [_to(b, dist.device) for b in batches]
         n_targets, n_inputs = all_reduce_sum([n_local, in_local], dist)
@@ -246,11 +277,13 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         # float would give) and read once per step: reading it after every micro-batch would make
         # the host wait for the GPU instead of queueing the next micro-batch's kernels.
         nll_sum, grad_norm = torch.zeros((), dtype=torch.float64, device=dist.device), None
+        stats_sum: dict = {}
         for m, batch in enumerate(batches):
             with attention_context(cfg.attention_backend):
                 with _autocast(cfg, dist):
-                    nll = forward_nll(engine, batch, cfg.loss_chunk, compile_)
+                    nll, batch_stats = objective.loss(engine, batch)
                 engine.backward(nll * scale)
+            _sum_stats(stats_sum, batch_stats)
             if m == len(batches) - 1 and engine_name == "deepspeed" and engine.zero_optimization_stage() == 0:
                 # ZeRO reports the pre-clipping norm itself; without ZeRO DeepSpeed clips
                 # but discards the norm, so take it here (gradients are all-reduced by now).
@@ -261,6 +294,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         if grad_norm is None:
             grad_norm = engine.get_global_grad_norm()
         (nll_total,) = all_reduce_sum([nll_sum], dist)  # the step's one wait for the device
+        step_stats = _reduce_stats(stats_sum, n_targets, dist)
         grad_norm = None if grad_norm is None else float(grad_norm)
         loss = nll_total / max(1.0, n_targets)
         if not math.isfinite(loss):
@@ -278,18 +312,22 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
             tps = window_tokens / max(1e-9, now - window_t0)
             step_mfu = tps * flops_per_token / (cfg.peak_flops * dist.world_size)
             log_metrics({"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                         "tokens": tokens, "tokens_per_s": tps, "mfu": step_mfu})
-            telemetry.log(f"step {done}/{cfg.max_steps} loss {loss:.4f} lr {lr:.2e} "
+                         "tokens": tokens, "tokens_per_s": tps, "mfu": step_mfu, **step_stats})
+            shown = "".join(f" {k} {v:.4g}" for k, v in step_stats.items())
+            telemetry.log(f"step {done}/{cfg.max_steps} loss {loss:.4f}{shown} lr {lr:.2e} "
                           f"grad_norm {grad_norm if grad_norm is None else round(grad_norm, 3)} "
                           f"tokens/s {tps:,.0f} MFU {100 * step_mfu:.3f}%")
             window_tokens, window_t0 = 0, time.perf_counter()
 
         last = done == cfg.max_steps
         if eval_fn is not None and cfg.eval_batches and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
-            val_loss = evaluate(engine, eval_fn(dist.rank, dist.world_size), cfg, dist)
+            val_loss, val_stats = evaluate_objective(engine, eval_fn(dist.rank, dist.world_size), cfg,
+                                                     dist, objective)
             if val_loss is not None:
-                log_metrics({"step": done, "val_loss": val_loss})
-                telemetry.log(f"step {done} val_loss {val_loss:.4f}")
+                log_metrics({"step": done, "val_loss": val_loss,
+                             **{f"val_{k}": v for k, v in val_stats.items()}})
+                shown = "".join(f" val_{k} {v:.4g}" for k, v in val_stats.items())
+                telemetry.log(f"step {done} val_loss {val_loss:.4f}{shown}")
             window_t0 = time.perf_counter()
         if (cfg.save_every and done % cfg.save_every == 0) or last:
             save_checkpoint(engine, out_dir, done, client_state(done), dist, keep=cfg.keep_checkpoints)
@@ -305,7 +343,7 @@ def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
         final_loss=loss, final_val_loss=val_loss, tokens=tokens, tokens_per_s=tps,
         mfu=tps * flops_per_token / (cfg.peak_flops * dist.world_size), wall_s=elapsed,
         resumed_from=resumed_from, params=n_params, trainable_params=n_trainable, engine_name=engine_name,
-        engine=engine, records={"run_fingerprint.json": fingerprint,
+        engine=engine, final_stats=step_stats, final_val_stats=val_stats, records={"run_fingerprint.json": fingerprint,
                                 **({"train_config.json": config_record} if config_record is not None else {})})
 
 
