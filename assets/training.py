@@ -160,20 +160,33 @@ def pretrain_loss_fell(store: ArtifactStore) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=pretrained_model)
 def pretrain_data_covers_chinchilla_budget(store: ArtifactStore) -> dg.AssetCheckResult:
-    """A warning when the training shards hold fewer tokens than the compute-optimal budget
-    (about 20 tokens per parameter, Hoffmann et al. 2022): the model will repeat its data."""
+    """A warning when the training shards hold fewer tokens than the compute-optimal budget for
+    the model's size: the D at which its N is compute-optimal under the latest scaling fit in the
+    store (`scaling_fit_*`), else about 20 tokens per parameter (Hoffmann et al. 2022). Below
+    it, the model will repeat its data."""
+    from lmforge.scaling.budget import latest_fit
+    from lmforge.scaling.fit import law_from_report
+
     summary_path = store.path("pretrained_model", "run", "summary.json")
     header = store.path("token_shards", "shards", "train.json")
     if not summary_path.exists() or not header.exists():
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
                                    description="no training summary or shard header")
-    budget = int(read_json(summary_path).get("chinchilla_tokens", 0))
+    summary = read_json(summary_path)
+    fit = latest_fit(store.base())
+    if fit is not None and summary.get("params"):
+        budget = int(law_from_report(fit).optimal_tokens(float(summary["params"])))
+        source = fit["path"]
+    else:
+        budget, source = int(summary.get("chinchilla_tokens", 0)), "20 tokens per parameter"
     available = int(read_json(header)["num_tokens"])
+    ratio = budget / summary["params"] if summary.get("params") else 0.0
     return dg.AssetCheckResult(
         passed=available >= budget, severity=dg.AssetCheckSeverity.WARN,
         description=None if available >= budget else
         f"{available:,} training tokens for a budget of {budget:,}: crawl more, or a smaller preset",
         metadata={"train_tokens": available, "chinchilla_tokens": budget,
+                  "tokens_per_param": ratio, "budget_from": source,
                   "coverage": available / budget if budget else 0.0})
 
 

@@ -33,6 +33,14 @@ class Preset:
     schedule_running: bool = False
     """Whether the schedule starts running by itself when the daemon sees it (off for the GPU
     presets, so a laptop running `make ui` does not start a 124M-parameter run at 2 AM)."""
+    flop_budget: float | None = None
+    """Pretraining FLOPs (6 N D) instead of a model size: the shape and ``max_steps`` of
+    ``pretrained_model`` come from the latest scaling fit in the artifact store, or from the
+    published Chinchilla fit where there is none (``budget_config``); the preset's own
+    ``pretrained_model`` config (device, micro_batch, seq_len, ...) applies on top."""
+    scaling_sweep: str = "gpu"
+    """With ``flop_budget``: the sweep (``sweeps/<name>.yaml``) whose latest fit sizes the model,
+    so a fit of CPU micro models never sizes a GPU run 7 orders of magnitude away."""
 
 
 def _on_gpu(extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -57,6 +65,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                "tokenizer": {"vocab_size": 32_768},
                "pretrained_model": {"preset": "124m", "max_steps": 20_000, "device": "cuda",
                                     "compile": True}})),
+    Preset("chinchilla-1e18", "one GPU: the compute-optimal model for 1e18 FLOPs, its size and "
+           "tokens from the latest scaling fit (or Chinchilla's)", suite="standard",
+           flop_budget=1e18, config=_on_gpu({
+               "crawled_pages": {"max_pages": 200_000},
+               "tokenizer": {"vocab_size": 32_768},
+               "pretrained_model": {"device": "cuda", "compile": True, "seq_len": 1024,
+                                    "micro_batch": 32}})),
     Preset("1b", "a node of GPUs, DeepSpeed ZeRO-2: Llama 3.2 1B's shape", suite="standard",
            config=_on_gpu({
                "crawled_pages": {"max_pages": 2_000_000},
@@ -81,13 +96,43 @@ def schedule_name(preset: str) -> str:
     return "nightly_curation" if preset == "tiny" else f"nightly_curation_{preset.replace('-', '_')}"
 
 
+def artifact_root() -> str:
+    """Where the artifact store is when no run config says otherwise (``ArtifactStore``'s rule)."""
+    import os
+
+    return os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
+
+
+def budget_config(preset: Preset, root: str | None = None) -> dict[str, Any]:
+    """``pretrained_model``'s shape and ``max_steps`` for a preset that names a FLOP budget (see
+    ``lmforge.scaling.budget``): the shape nearest N* of the latest fit in the store at ``root``
+    (default: the store's), trained on budget / 6N tokens at the preset's tokens per step (one
+    process: a preset for several sets grad_accum so that a step holds the same tokens)."""
+    from lmforge.scaling.budget import budget_plan, current_law
+    from lmforge.tokenize.bpe import TokenizerConfig
+    from lmforge.train.config import PretrainConfig
+    from lmforge.train.config import get_preset as model_preset
+
+    if preset.flop_budget is None:
+        return {}
+    own = preset.config.get("pretrained_model", {})
+    base = PretrainConfig(**{k: v for k, v in own.items() if k in PretrainConfig.model_fields})
+    seq_len = base.seq_len or model_preset(base.preset).seq_len
+    vocab = int(preset.config.get("tokenizer", {}).get("vocab_size", TokenizerConfig().vocab_size))
+    law, _ = current_law(root if root is not None else artifact_root(), preset.scaling_sweep)
+    tokens_per_step = base.micro_batch * base.grad_accum * seq_len
+    return budget_plan(preset.flop_budget, vocab, seq_len, tokens_per_step, law)["overrides"]
+
+
 def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None,
                assets: set[str] | None = None) -> dict[str, Any]:
     """The Dagster run config of a preset, with per-asset ``overrides`` merged on top, limited
-    to ``assets`` (the assets of the job it is for) when given."""
+    to ``assets`` (the assets of the job it is for) when given. A preset with a FLOP budget gets
+    ``pretrained_model``'s shape and steps from :func:`budget_config` first."""
     chosen = get_preset(preset)
     ops: dict[str, dict[str, Any]] = {}
-    for source in (chosen.config, overrides or {}):
+    budgeted = {"pretrained_model": budget_config(chosen)} if chosen.flop_budget else {}
+    for source in (budgeted, chosen.config, overrides or {}):
         for asset_name, values in source.items():
             if assets is None or asset_name in assets:
                 ops.setdefault(asset_name, {}).update(values)
@@ -107,3 +152,15 @@ def validate_presets(asset_names: set[str], suites: set[str],
         if unknown:
             raise LmforgeError(f"{where}: preset {p.name!r}: config for unknown asset(s) "
                                f"{', '.join(unknown)}")
+        if p.flop_budget is not None:
+            if not p.flop_budget > 0:
+                raise LmforgeError(f"{where}: preset {p.name!r}: flop_budget must be positive, "
+                                   f"got {p.flop_budget!r}")
+            if "pretrained_model" not in asset_names:
+                raise LmforgeError(f"{where}: preset {p.name!r}: a flop_budget sizes "
+                                   "pretrained_model, which the graph does not have")
+            sized = sorted({"d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_steps"}
+                           & set(p.config.get("pretrained_model", {})))
+            if sized:
+                raise LmforgeError(f"{where}: preset {p.name!r}: names a flop_budget and sets "
+                                   f"pretrained_model {', '.join(sized)}; the budget decides them")
