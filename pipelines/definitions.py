@@ -1,22 +1,29 @@
 """The one place that loads the graph: `workspace.yaml` points here.
 
-Four jobs per preset, because Dagster runs one partitioning per run:
+Five jobs per preset, because Dagster runs one partitioning per run:
 - `curation`: crawl to decontaminated documents (and the quality classifier), partitioned by
   day; the nightly schedule runs it for the new day.
 - `training`: tokenizer, pretraining and SFT over every curated day, the evaluation of the base
   and SFT models, and the report; partitioned by evaluation suite.
 - `adapters`: one LoRA adapter over the SFT model, partitioned by adapter task.
 - `adapter_evaluation`: one adapter on one suite (partition `task|suite`), and the report.
+- `alignment`: preference pairs, the reward model, DPO, GRPO and the arena over the SFT model;
+  the report.
+Beside them, one job per scaling sweep (`sweeps/<name>.yaml`: `scaling` for the tiny CPU sweep,
+`scaling_gpu`): the sweep's runs (a partition each) and the Chinchilla fit; run by hand.
 Sensors chain them after the nightly curation: curation -> training -> one adapters run per task
--> the evaluation of each new adapter. `make demo` runs the same sequence by hand.
+-> the evaluation of each new adapter, and training -> alignment. `make demo` runs the same
+sequence by hand (alignment last, so the arena meets the new adapters too).
 """
 
 import dagster as dg
 
+import assets.alignment
 import assets.crawl
 import assets.data
 import assets.evaluation
 import assets.report
+import assets.scaling
 import assets.tokenizer
 import assets.training
 from assets.partitions import adapter_eval_key
@@ -25,7 +32,7 @@ from pipelines.presets import PRESETS, job_name, run_config, schedule_name, vali
 from resources import ArtifactStore, TrainingLauncher
 
 ASSET_MODULES = [assets.crawl, assets.data, assets.tokenizer, assets.training, assets.evaluation,
-                 assets.report]
+                 assets.alignment, assets.report, assets.scaling]
 
 all_assets = dg.load_assets_from_modules(ASSET_MODULES)
 all_checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
@@ -52,20 +59,26 @@ JOB_ASSETS = {
     "curation": {n for n, g in _group_of.items() if g in ("crawl", "data")},
     "adapters": {"lora_adapter"},
     "adapter_evaluation": {"lora_model_eval", "pipeline_report"},
+    "alignment": {n for n, g in _group_of.items() if g == "alignment"} | {"pipeline_report"},
 }
-JOB_ASSETS["training"] = set(_group_of) - JOB_ASSETS["curation"] - {"lora_adapter", "lora_model_eval"}
+# The scaling sweeps are their own jobs (`scaling`, `scaling_gpu`: assets.scaling), not a preset's.
+SCALING_ASSETS = {n for n, g in _group_of.items() if g == "scaling"}
+JOB_ASSETS["training"] = (set(_group_of) - JOB_ASSETS["curation"] - JOB_ASSETS["alignment"]
+                          - SCALING_ASSETS - {"lora_adapter", "lora_model_eval"}) | {"pipeline_report"}
 JOB_DESCRIPTIONS = {
     "curation": "Crawl and curate one day (the partition)",
     "training": "Tokenizer, pretraining and SFT over every curated day; the base and SFT models "
     "evaluated on the suite (the partition); the report",
     "adapters": "One LoRA adapter (the partition: its task) over the SFT model",
     "adapter_evaluation": "One adapter evaluated on one suite (the partition: task|suite); the report",
+    "alignment": "Preference pairs, reward model, DPO and GRPO over the SFT model; the arena of "
+    "every model; the report",
 }
 
 jobs = [dg.define_asset_job(job_name(kind, preset), selection=sorted(names),
                             config=run_config(preset, assets=names), tags={"preset": preset},
                             description=f"{JOB_DESCRIPTIONS[kind]}; `{preset}` preset.")
-        for preset in PRESETS for kind, names in JOB_ASSETS.items()]
+        for preset in PRESETS for kind, names in JOB_ASSETS.items()] + assets.scaling.scaling_jobs()
 
 
 def jobs_of(kind: str) -> list:
@@ -92,7 +105,7 @@ CHAIN_TAG = "lmforge/chain"
 SUITE_TAG = "lmforge/suite"
 
 
-def _request(kind: str, preset: str, partition_key: str, run_key: str, chain: str,
+def _request(kind: str, preset: str, partition_key: str | None, run_key: str, chain: str,
              **tags: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=run_key, job_name=job_name(kind, preset),
                          partition_key=partition_key, tags={CHAIN_TAG: chain, **tags},
@@ -128,6 +141,18 @@ def adapters_after_training(context: dg.RunStatusSensorContext):
             for task in tasks]
 
 
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("training"),
+                      request_jobs=jobs_of("alignment"),
+                      default_status=dg.DefaultSensorStatus.RUNNING)
+def align_after_training(context: dg.RunStatusSensorContext):
+    """When a chained training run succeeds, run the alignment stages and the arena."""
+    run = context.dagster_run
+    if CHAIN_TAG not in run.tags:
+        return dg.SkipReason("training was started by hand: run the alignment by hand too")
+    preset = run.tags.get("preset", "tiny")
+    return _request("alignment", preset, None, f"{run.run_id}:alignment", run.tags[CHAIN_TAG])
+
+
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=jobs_of("adapters"),
                       request_jobs=jobs_of("adapter_evaluation"),
                       default_status=dg.DefaultSensorStatus.RUNNING)
@@ -148,6 +173,6 @@ defs = dg.Definitions(
     asset_checks=all_checks,
     jobs=jobs,
     schedules=schedules,
-    sensors=[train_after_curation, adapters_after_training, evaluate_adapters],
+    sensors=[train_after_curation, adapters_after_training, evaluate_adapters, align_after_training],
     resources={"store": ArtifactStore(), "launcher": TrainingLauncher()},
 )

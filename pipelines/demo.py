@@ -70,6 +70,7 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
               for t in tasks]
     for label, key, partition in evals:
         lines.append(f"{label + ':':<36}{_scores(_metadata(instance, key, partition))}")
+    lines += alignment_lines(instance)
     lines += ["", f"artifacts:   {artifacts}",
               f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
               f"adapters:    {artifacts}/lora_adapter/<task>/adapter/ (PEFT)",
@@ -77,6 +78,32 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
               "lora_model_eval/<task>/<suite>/ (lm-eval results.json)",
               f"dagster:     {os.environ['DAGSTER_HOME']}",
               "open the UI: make ui   (then http://127.0.0.1:3000)"]
+    return lines
+
+
+def alignment_lines(instance) -> list[str]:
+    """Past SFT: the pairs, each stage's held-out figure before -> after, the arena's order."""
+    pairs = _metadata(instance, "preference_pairs")
+    if not pairs:
+        return []
+    lines = [f"{'preference pairs:':<36}{pairs.get('pairs', '?')} ({pairs.get('source', '?')}"
+             + (f", SFT sample accuracy {_num(pairs['on_policy_sample_accuracy'])}"
+                if "on_policy_sample_accuracy" in pairs else "") + ")"]
+    figures = [("reward_model", "reward model held-out accuracy", "val_accuracy"),
+               ("dpo_model", "dpo held-out preference accuracy", "val_accuracy"),
+               ("grpo_model", "grpo held-out mean reward", "heldout_reward")]
+    for key, label, name in figures:
+        meta = _metadata(instance, key)
+        if meta:
+            lines.append(f"{label + ':':<36}{_num(meta.get(name + '_before', '?'))} -> "
+                         f"{_num(meta.get(name + '_after', '?'))}")
+    arena = _metadata(instance, "arena_ratings")
+    if arena:
+        import json
+
+        ratings = json.loads((Path(arena["path"]) / "ratings.json").read_text())["ratings"]
+        board = ", ".join(f"{r['model']} {r['rating']:.0f}" for r in ratings.get("leaderboard", []))
+        lines.append(f"{'arena (Bradley-Terry):':<36}{board}")
     return lines
 
 
@@ -132,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = args.suite or PRESETS[args.preset].suite
     results = []
 
-    def run(kind: str, partition: str) -> bool:
+    def run(kind: str, partition: str | None) -> bool:
         print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]", file=sys.stderr)
         job = defs.resolve_job_def(job_name(kind, args.preset))
         result = job.execute_in_process(
@@ -150,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         for task in tasks:
             if not (run("adapters", task) and run("adapter_evaluation", adapter_eval_key(task, suite))):
                 break
+        else:
+            run("alignment", None)
     elapsed = time.time() - started
     artifacts = ArtifactStore().base()
     for line in summary_lines(instance, artifacts, suite, tasks):
         print(line)
-    success = bool(results) and all(r.success for r in results) and len(results) == 2 + 2 * len(tasks)
+    success = bool(results) and all(r.success for r in results) and len(results) == 3 + 2 * len(tasks)
     print(f"{len(results)} runs {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s: "
           + ", ".join(r.run_id[:8] for r in results))
     for result in results:

@@ -145,6 +145,27 @@ CASES = [
     ("humaneval-exec {w}/samples.jsonl --out {w}/victim", "victim"),
     # report
     ("report --artifacts {w}/missing --out {w}/victim", ""),
+    # alignment
+    ("preferences --from-jsonl {w}/missing.jsonl --out {w}/o.jsonl", "missing.jsonl"),
+    ("preferences --from-jsonl {w}/badjson.jsonl --out {w}/o.jsonl", "badjson.jsonl"),
+    ("preferences --from-jsonl {w}/wrongtype.jsonl --out {w}/o.jsonl", "wrongtype.jsonl"),
+    ("preferences --from-jsonl {w}/empty.jsonl --out {w}/o.jsonl", "empty.jsonl"),
+    ("preferences --on-policy {w}/missing --out {w}/o.jsonl", "missing"),
+    ("dpo --base {w}/missing --data {w}/badjson.jsonl --out {w}/dporun", "missing"),
+    ("dpo --base {w}/adir --data {w}/wrongtype.jsonl --out {w}/dporun", ""),
+    ("dpo --base {w}/adir --data {w}/adir --out {w}/dporun", "adir"),
+    ("reward-model --base {w}/missing --data {w}/badjson.jsonl --out {w}/rmrun", "missing"),
+    ("grpo --base {w}/missing --out {w}/grporun", "missing"),
+    ("grpo --base {w}/adir --out {w}/victim", "adir|victim"),
+    ("arena --battles-path {w}/missing.jsonl --out {w}/arenaout", "missing.jsonl"),
+    ("arena --battles-path {w}/badjson.jsonl --out {w}/arenaout", "badjson.jsonl"),
+    ("arena --battles-path {w}/empty.jsonl --out {w}/arenaout", "empty.jsonl|battles"),
+    ("arena --model a={w}/missing --model b={w}/adir --out {w}/arenaout", "missing"),
+    # scaling laws
+    ("scaling-fit {w}/missing.jsonl", "missing.jsonl"),
+    ("scaling-fit {w}/badjson.jsonl", "badjson.jsonl"),
+    ("scaling-fit {w}/wrongtype.jsonl", "wrongtype.jsonl"),
+    ("scaling-fit {w}/empty.jsonl", "empty.jsonl"),
 ]
 
 

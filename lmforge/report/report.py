@@ -27,6 +27,9 @@ class ReportInputs:
     tokenizer_dir: Path | None = None
     trainings: dict[str, Path] = field(default_factory=dict)  # name -> run dir (metrics.jsonl, summary.json)
     evaluations: dict[str, Path] = field(default_factory=dict)  # "model (suite)" -> dir with summary.json
+    # Past SFT (lmforge.align): run directories with summary.json, and the arena's output.
+    alignment: dict[str, Path] = field(default_factory=dict)  # "dpo" / "reward model" / "grpo" -> run dir
+    arena_dir: Path | None = None
 
     @classmethod
     def from_artifacts(cls, root: Path, stages: list[str] | None = None) -> "ReportInputs":
@@ -50,9 +53,48 @@ class ReportInputs:
             tokenizer_dir=root / "tokenizer" / "tokenizer",
             trainings={"pretrain": root / "pretrained_model" / "run",
                        "sft": root / "sft_model" / "run",
-                       **{f"lora:{t}": root / "lora_adapter" / t / "adapter" for t in adapters}},
+                       **{f"lora:{t}": root / "lora_adapter" / t / "adapter" for t in adapters},
+                       **{name: root / asset / "run" for name, asset in ALIGNMENT_RUNS.items()
+                          if (root / asset / "run" / "summary.json").exists()}},
             evaluations=evaluations,
+            alignment={name: root / asset / "run" for name, asset in ALIGNMENT_RUNS.items()},
+            arena_dir=root / "arena_ratings" / "arena",
         )
+
+
+# The alignment stages' names in the report -> their assets' directories.
+ALIGNMENT_RUNS = {"dpo": "dpo_model", "reward model": "reward_model", "grpo": "grpo_model"}
+
+# What each alignment run's summary.json says about held-out data, before and after training.
+_ALIGNMENT_FIGURES = {
+    "dpo": [("held-out preference accuracy", "val_accuracy_before", "val_accuracy_after"),
+            ("held-out reward margin", "val_margin_before", "val_margin_after")],
+    "reward model": [("held-out pair accuracy", "val_accuracy_before", "val_accuracy_after")],
+    "grpo": [("held-out mean reward (greedy)", "heldout_reward_before", "heldout_reward_after"),
+             ("held-out mean reward (sampled)", "heldout_sampled_reward_before",
+              "heldout_sampled_reward_after")],
+}
+
+
+def alignment_lines(inputs: "ReportInputs") -> list[str]:
+    """The alignment section: each stage's held-out figures before and after, and the arena's
+    leaderboard; empty when none of them ran."""
+    rows = []
+    for name, run_dir in inputs.alignment.items():
+        summary = _read_summary(Path(run_dir) / "summary.json")
+        for label, before, after in _ALIGNMENT_FIGURES.get(name, []):
+            if summary.get(before) is not None or summary.get(after) is not None:
+                rows.append(f"| {name} | {label} | {_fmt(summary.get(before, ''))} | "
+                            f"{_fmt(summary.get(after, ''))} |")
+    lines = []
+    if rows:
+        lines += ["## Alignment", "", "| stage | measure | before | after |",
+                  "| --- | --- | ---: | ---: |", *rows, ""]
+    if inputs.arena_dir is not None and (Path(inputs.arena_dir) / "ratings.json").exists():
+        from lmforge.align.arena import report_section
+
+        lines += [report_section(inputs.arena_dir), ""]
+    return lines
 
 
 @dataclass
@@ -208,6 +250,7 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
     else:
         lines.append("No evaluation results.")
     lines.append("")
+    lines += alignment_lines(inputs)
 
     with atomic_path(out_dir, "dir") as tmp:
         tmp.mkdir(parents=True)
