@@ -31,6 +31,27 @@ OPS = "+-*/"
 ARITHMETIC_REWARD = "final_answer"
 
 
+# GSM8K's 1,000 train / 300 test sample that ships with the repository (MIT, as GSM8K): the
+# problems' source when there is no benchmark mirror, so the alignment stages run offline on a
+# fresh clone. A mirror (LMFORGE_BENCHMARKS_DIR, ../shared/benchmarks) always wins.
+SAMPLE_DIR = ("tests", "data", "benchmarks")
+
+
+def gsm8k_source(benchmarks_dir: str | os.PathLike | None = None) -> str | None:
+    """The benchmark directory the arithmetic problems are read from: ``benchmarks_dir``, the
+    mirror, or else the repository's GSM8K sample (None: the reader's own default)."""
+    from lmforge.paths import REPO_ROOT
+    from lmforge.paths import benchmarks_dir as mirror
+
+    if benchmarks_dir is not None:
+        return str(benchmarks_dir)
+    found = mirror()
+    if found is not None:
+        return str(found)
+    sample = REPO_ROOT.joinpath(*SAMPLE_DIR)
+    return str(sample) if (sample / "gsm8k").is_dir() else None
+
+
 def _calculations(split: str, benchmarks_dir: str | os.PathLike | None = None) -> list[tuple[int, str, int, int]]:
     """(a, op, b, result) of every single-operation integer annotation of a GSM8K split whose
     result is right, in the order they occur."""
@@ -38,7 +59,7 @@ def _calculations(split: str, benchmarks_dir: str | os.PathLike | None = None) -
     from lmforge.benchmarks.gsm8k.reader import CALCULATOR
 
     out = []
-    for item in get("gsm8k").items(split, benchmarks_dir=benchmarks_dir):
+    for item in get("gsm8k").items(split, benchmarks_dir=gsm8k_source(benchmarks_dir)):
         for ann in CALCULATOR.findall(item["answer"]):
             m = _BINARY.fullmatch(ann[2:-2])
             if not m:

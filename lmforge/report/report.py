@@ -30,6 +30,7 @@ class ReportInputs:
     # Past SFT (lmforge.align): run directories with summary.json, and the arena's output.
     alignment: dict[str, Path] = field(default_factory=dict)  # "dpo" / "reward model" / "grpo" -> run dir
     arena_dir: Path | None = None
+    scaling_fit: Path | None = None  # the pointer to the latest scaling fit (scaling_fit/latest.json)
 
     @classmethod
     def from_artifacts(cls, root: Path, stages: list[str] | None = None) -> "ReportInputs":
@@ -59,6 +60,7 @@ class ReportInputs:
             evaluations=evaluations,
             alignment={name: root / asset / "run" for name, asset in ALIGNMENT_RUNS.items()},
             arena_dir=root / "arena_ratings" / "arena",
+            scaling_fit=root / "scaling_fit" / "latest.json",
         )
 
 
@@ -94,6 +96,30 @@ def alignment_lines(inputs: "ReportInputs") -> list[str]:
         from lmforge.align.arena import report_section
 
         lines += [report_section(inputs.arena_dir), ""]
+    return lines
+
+
+def scaling_lines(inputs: "ReportInputs") -> list[str]:
+    """The latest scaling fit: the law, the compute-optimal point and the pictures; empty when
+    no sweep has been fitted."""
+    pointer = inputs.scaling_fit
+    if pointer is None or not Path(pointer).exists():
+        return []
+    where = Path(_read_summary(Path(pointer)).get("path", ""))
+    fit = _read_summary(where) if where.is_file() else {}
+    if not fit:
+        return []
+    law = ", ".join(f"{k} = {_fmt(fit.get(k))}" for k in ("E", "A", "B", "alpha", "beta"))
+    lines = ["## Scaling laws", "",
+             f"Sweep `{fit.get('sweep', '?')}`, {fit.get('runs', '?')} runs; L(N, D) = E + A/N^alpha + "
+             f"B/D^beta with {law} (Chinchilla approach 3).", "",
+             f"At {_fmt(fit.get('budget'))} FLOPs the compute-optimal model has "
+             f"{_fmt(fit.get('params'))} parameters trained on {_fmt(fit.get('tokens'))} tokens "
+             f"({_fmt(fit.get('tokens_per_param'))} tokens per parameter).", ""]
+    for key, title in (("isoflops", "IsoFLOP curves"), ("frontier", "compute-optimal frontier")):
+        png = (fit.get("plots") or {}).get(key)
+        if png and Path(png).is_file():
+            lines += [f"![{title}]({png})", ""]
     return lines
 
 
@@ -251,6 +277,7 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
         lines.append("No evaluation results.")
     lines.append("")
     lines += alignment_lines(inputs)
+    lines += scaling_lines(inputs)
 
     with atomic_path(out_dir, "dir") as tmp:
         tmp.mkdir(parents=True)

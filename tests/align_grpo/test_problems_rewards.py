@@ -103,3 +103,28 @@ def test_unit_tests_reward_runs_in_the_sandbox():
     assert R.score(problem, "def add(a, b):\n    return a - b\n") == 0.0
     # a completion that stops the tests early does not pass
     assert R.score(problem, "import sys\nsys.exit(0)\n") == 0.0
+
+
+@pytest.mark.parametrize("completion,reward", [
+    ("24", 1.0), ("the answer is 24.", 1.0), ("25", 1 - 1 / 25), ("12", 1 - 12 / 25),
+    ("100", 0.0), ("-24", 0.0), ("no number", 0.0), ("", 0.0)])
+def test_numeric_closeness_is_final_answer_with_partial_credit(completion, reward):
+    problem = {"prompt": "48/2=", "answer": "24", "reward": "numeric_closeness"}
+    assert R.score(problem, completion) == pytest.approx(reward)
+    # the exact answer is the only one that scores 1, as with final_answer
+    assert (R.score(problem, completion) == 1.0) == (R.final_answer(problem, completion) == 1.0)
+
+
+def test_arithmetic_problems_fall_back_to_the_shipped_sample(monkeypatch, tmp_path):
+    """Without a mirror the problems come from the GSM8K sample in tests/data (so the alignment
+    job runs on a fresh clone); a mirror, or an explicit directory, wins."""
+    from lmforge import paths
+
+    monkeypatch.delenv("LMFORGE_BENCHMARKS_DIR", raising=False)
+    monkeypatch.setattr(paths, "benchmarks_dir", lambda: None)
+    sample = str(paths.REPO_ROOT / "tests" / "data" / "benchmarks")
+    assert P.gsm8k_source() == sample
+    assert P.arithmetic_problems("train", limit=5)
+    assert P.gsm8k_source(tmp_path) == str(tmp_path)
+    monkeypatch.setattr(paths, "benchmarks_dir", lambda: tmp_path)
+    assert P.gsm8k_source() == str(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import dagster as dg
 import pytest
@@ -21,7 +22,7 @@ def test_definitions_load_and_declare_versions():
             "pipeline_report"} <= keys
     for key in graph.get_all_asset_keys():
         assert graph.get(key).code_version, f"{key} has no code_version"
-    for job in ("curation", "training", "adapters", "adapter_evaluation"):
+    for job in ("curation", "training", "adapters", "adapter_evaluation", "alignment", "scaling"):
         assert defs.resolve_job_def(job)
     # One partition per adapter task file, whatever tasks there are.
     from lmforge.train.tasks import task_names
@@ -29,11 +30,13 @@ def test_definitions_load_and_declare_versions():
     assert defs.resolve_job_def("adapters").partitions_def.get_partition_keys() == task_names()
     schedule = defs.resolve_schedule_def("nightly_curation")
     assert schedule.cron_schedule == "0 2 * * *"
-    for sensor in ("train_after_curation", "adapters_after_training", "evaluate_adapters"):
+    for sensor in ("train_after_curation", "adapters_after_training", "evaluate_adapters",
+                   "align_after_training"):
         assert defs.resolve_sensor_def(sensor)
     checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
     for needed in ("extracted_documents", "filtered_documents", "deduplicated_documents",
-                   "pretrained_model", "sft_model", "base_model_eval", "lora_model_eval"):
+                   "pretrained_model", "sft_model", "base_model_eval", "lora_model_eval",
+                   "reward_model", "dpo_model", "grpo_model", "arena_ratings"):
         assert needed in checked, f"no asset check on {needed}"
 
 
@@ -174,8 +177,9 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
     """Curation for one day, training on the smoke suite, one adapter per task, an adapter
     evaluation: each chained by the sensors; the models load with HF, the adapters with PEFT,
     and swapping adapters swaps tasks."""
-    from pipelines.definitions import (CHAIN_TAG, JOB_ASSETS, SUITE_TAG, adapters_after_training,
-                                       defs, evaluate_adapters, train_after_curation)
+    from pipelines.definitions import (CHAIN_TAG, JOB_ASSETS, SCALING_ASSETS, SUITE_TAG,
+                                       adapters_after_training, align_after_training, defs,
+                                       evaluate_adapters, train_after_curation)
 
     curation = _run(defs, "curation", "2026-03-01")
     assert isinstance(_sensor_requests(train_after_curation, curation), dg.SkipReason), \
@@ -200,12 +204,20 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
     assert isinstance(_sensor_requests(evaluate_adapters, adapter, drop_tags=[CHAIN_TAG]),
                       dg.SkipReason), "an adapter trained by hand must not set off its evaluation"
     _run(defs, "adapter_evaluation", evaluation.partition_key)
+    # Past SFT: the chain runs the alignment job after training; the arena meets every model.
+    (align,) = _sensor_requests(align_after_training, training)
+    assert align.job_name == "alignment" and align.tags[CHAIN_TAG] == "test-chain"
+    assert isinstance(_sensor_requests(align_after_training, training, drop_tags=[CHAIN_TAG]),
+                      dg.SkipReason)
+    _run(defs, "alignment", None, tags=align.tags)
 
     instance = dg.DagsterInstance.get()
     graph = defs.resolve_asset_graph()
     expected = {"lora_adapter": {"math", "signatures"}, "lora_model_eval": {"signatures|smoke"},
                 **{name: {"2026-03-01"} for name in JOB_ASSETS["curation"]}}
     for key in graph.get_all_asset_keys():
+        if key.to_user_string() in SCALING_ASSETS:  # their own job, run by hand
+            continue
         if graph.get(key).is_partitioned:
             parts = {str(p) for p in instance.get_materialized_partitions(key)}
             assert parts == expected.get(key.to_user_string(), {"smoke"}), f"{key}: {parts}"
@@ -254,6 +266,22 @@ def test_whole_graph_materializes_with_tiny_preset(instance_dirs):
 
     report = (art / "pipeline_report" / "report" / "report.md").read_text()
     assert "Data funnel" in report and "lora:math" in report and "lora:signatures (smoke)" in report
+    assert "## Alignment" in report and "## Arena" in report
+    ratings = json.loads((art / "arena_ratings" / "arena" / "ratings.json").read_text())
+    assert set(ratings["ratings"]["models"]) == {"base", "sft", "lora:math", "lora:signatures",
+                                                 "dpo", "grpo"}
+    pairs = [json.loads(line) for line in
+             (art / "preference_pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all({"prompt", "chosen", "rejected"} <= set(p) for p in pairs)
+    dpo = json.loads((art / "dpo_model" / "run" / "summary.json").read_text())
+    assert abs(dpo["first_loss"] - 0.6931) < 1e-3  # policy = reference at the first step
+    from lmforge.align.reward_model import load_reward_model
+
+    rm = load_reward_model(art / "reward_model" / "run" / "model")
+    scores = rm.score([p["prompt"] for p in pairs[:8]] * 2,
+                      [p["chosen"] for p in pairs[:8]] + [p["rejected"] for p in pairs[:8]])
+    assert len(scores) == 16 and all(math.isfinite(x) for x in scores)
+    assert AutoModelForCausalLM.from_pretrained(art / "grpo_model" / "run" / "model")
     summary = json.loads((art / "base_model_eval" / "smoke" / "summary.json").read_text())
     assert any(t.get("score") is not None for t in summary["tasks"]), "no evaluation score"
     adapter_summary = json.loads((art / "lora_model_eval" / "signatures" / "smoke" / "summary.json").read_text())
