@@ -128,6 +128,21 @@ def _json(name: str, text: str) -> Any:
         raise InputError(f"{flag_name(name)}: not JSON ({e.msg})") from None
 
 
+def read_data_file(path: Path, label: str) -> Any:
+    """What a JSON or YAML file holds (YAML by its suffix); a syntax error is one line naming
+    ``label``."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if Path(path).suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as e:  # noqa: BLE001 - yaml and json errors alike: one line
+        raise InputError(f"{label}: not valid {Path(path).suffix.lstrip('.') or 'JSON'} "
+                         f"({' '.join(str(e).split())[:200]})") from None
+
+
 def load_config_file(value: str) -> dict[str, Any]:
     """The mapping in ``--config``: an inline JSON object, or a JSON or YAML file."""
     if value.lstrip().startswith("{"):
@@ -136,19 +151,9 @@ def load_config_file(value: str) -> dict[str, Any]:
         path = Path(value)
         if not path.is_file():
             raise InputError(f"--config: no file at {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - yaml and json errors alike: one line
-            raise InputError(f"--config {path}: not valid {path.suffix.lstrip('.') or 'JSON'} "
-                             f"({' '.join(str(e).split())[:200]})") from None
+        data = read_data_file(path, f"--config {path}")
     if not isinstance(data, dict):
-        raise InputError(f"--config must hold a mapping of field names to values")
+        raise InputError("--config must hold a mapping of field names to values")
     return data
 
 

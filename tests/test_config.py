@@ -76,6 +76,8 @@ def _commands():
     from lmforge.evaluate.sandbox import SandboxConfig
     from lmforge.tokenize.bpe import TokenizerConfig
     from lmforge.tokenize.shards import ShardConfig
+    from lmforge.align.arena import ArenaConfig
+    from lmforge.scaling.fit import ScalingFitConfig
 
     every = lambda model: list(model.model_fields)  # noqa: E731
     return [
@@ -88,6 +90,8 @@ def _commands():
         (["tokenize"], every(ShardConfig)),
         (["humaneval-exec"], every(SandboxConfig)),
         (["eval"], every(EvalConfig)),
+        (["arena"], every(ArenaConfig)),
+        (["scaling-fit"], every(ScalingFitConfig)),
     ]
 
 

@@ -33,7 +33,6 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.align.config import DPOConfig
@@ -239,16 +238,13 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def dpo(cfg: DPOConfig) -> RunStats:
-    """Train ``cfg.base`` on ``cfg.data`` with DPO; every rank calls this, rank 0 writes the outputs."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def start_pair_run(cfg):
+    """What DPO and the reward model do before building their model: check the inputs, join the
+    process group, load the tokenizer, tokenize and split the pairs, fix the number of steps."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from lmforge.io import claim_output_dir
-    from lmforge.train.loop import init_distributed, report_run, save_hf_model, train
-    from lmforge.train.model import flops_per_token
-    from lmforge.train.telemetry import Telemetry
+    from lmforge.train.loop import init_distributed
 
     pairs = check_inputs(cfg)
     dist = init_distributed(cfg.device)
@@ -258,6 +254,21 @@ def dpo(cfg: DPOConfig) -> RunStats:
     pad_id = pad_token_id(tokenizer)
     data_stats, train_ex, val_ex, max_steps, order = prepare_pairs(cfg, tokenizer, pairs, dist.world_size)
     run_cfg = cfg.model_copy(update={"max_steps": max_steps})
+    return dist, tokenizer, pad_id, data_stats, train_ex, val_ex, run_cfg, order
+
+
+def dpo(cfg: DPOConfig) -> RunStats:
+    """Train ``cfg.base`` on ``cfg.data`` with DPO; every rank calls this, rank 0 writes the outputs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.io import claim_output_dir
+    from lmforge.train.loop import report_run, save_hf_model, train
+    from lmforge.train.model import flops_per_token
+    from lmforge.train.telemetry import Telemetry
+
+    dist, tokenizer, pad_id, data_stats, train_ex, val_ex, run_cfg, order = start_pair_run(cfg)
     model = AutoModelForCausalLM.from_pretrained(cfg.base, dtype=torch.float32, local_files_only=True)
     if cfg.lora:
         from peft import LoraConfig as PeftLoraConfig
@@ -275,7 +286,7 @@ def dpo(cfg: DPOConfig) -> RunStats:
 
     with Telemetry(dist.rank, prefix="dpo") as tel:
         tel.log(f"{data_stats['kept']} pairs ({data_stats['dropped']} dropped, {data_stats['truncated']} "
-                f"truncated), {len(val_ex)} held out; {max_steps} steps; beta {cfg.beta}"
+                f"truncated), {len(val_ex)} held out; {run_cfg.max_steps} steps; beta {cfg.beta}"
                 + ("; LoRA r=%d" % cfg.rank if cfg.lora else ""))
         # The reference: the base weights, or the PEFT model with its adapter disabled.
         t0 = time.perf_counter()

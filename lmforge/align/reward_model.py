@@ -171,22 +171,15 @@ def train_reward_model(cfg: RewardModelConfig):
     """Train a reward model on ``cfg.data`` from ``cfg.base``; every rank calls this, rank 0 writes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    from lmforge.align.dpo import RunStats, batch_functions, check_inputs, pad_token_id, prepare_pairs
+    from lmforge.align.dpo import RunStats, batch_functions, start_pair_run
     from lmforge.io import claim_output_dir
-    from lmforge.train.loop import init_distributed, report_run, save_hf_model, train
+    from lmforge.train.loop import report_run, save_hf_model, train
     from lmforge.train.model import flops_per_token
     from lmforge.train.telemetry import Telemetry
 
-    pairs = check_inputs(cfg)
-    dist = init_distributed(cfg.device)
-    if dist.device.type == "cpu":
-        torch.set_num_threads(cfg.cpu_threads)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base, local_files_only=True)
-    pad_id = pad_token_id(tokenizer)
-    data_stats, train_ex, val_ex, max_steps, order = prepare_pairs(cfg, tokenizer, pairs, dist.world_size)
-    run_cfg = cfg.model_copy(update={"max_steps": max_steps})
+    dist, tokenizer, pad_id, data_stats, train_ex, val_ex, run_cfg, order = start_pair_run(cfg)
     model = AutoModelForSequenceClassification.from_pretrained(cfg.base, num_labels=1, dtype=torch.float32,
                                                                local_files_only=True)
     model.config.pad_token_id = pad_id  # HF's own forward finds the last token by it
@@ -200,7 +193,7 @@ def train_reward_model(cfg: RewardModelConfig):
 
     with Telemetry(dist.rank, prefix="reward-model") as tel:
         tel.log(f"{data_stats['kept']} pairs ({data_stats['dropped']} dropped, {data_stats['truncated']} "
-                f"truncated), {len(val_ex)} held out; {max_steps} steps")
+                f"truncated), {len(val_ex)} held out; {run_cfg.max_steps} steps")
         before = pair_metrics(model, val_ex, cfg, dist.device, pad_id) if val_ex else None
         batch_fn, eval_fn = batch_functions(cfg, train_ex, val_ex, order, pad_id)
         result = train(model, run_cfg, out, batch_fn=batch_fn, eval_fn=eval_fn, dist=dist, telemetry=tel,

@@ -134,22 +134,12 @@ def budget_label(flops: float) -> str:
 
 def load_sweep(path: str | Path) -> SweepConfig:
     """The sweep file at ``path``; a problem with it is one line naming the file."""
-    from lmforge.config import validation_message
+    from lmforge.config import read_data_file, validation_message
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no sweep file at {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - yaml and json errors alike: one line
-        raise InputError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} "
-                         f"({' '.join(str(e).split())[:200]})") from None
+    data = read_data_file(path, str(path))
     if not isinstance(data, dict):
         raise InputError(f"{path}: a sweep file is a mapping (budgets, sizes, ...)")
     data.setdefault("name", path.stem)
