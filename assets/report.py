@@ -1,4 +1,5 @@
-"""The report: one markdown page with the data funnel, training curves and evaluation table."""
+"""The report: one markdown page with the data funnel, training curves, evaluation table, the
+alignment stages and arena, and the latest scaling fit."""
 
 
 import dagster as dg
@@ -9,10 +10,11 @@ from lmforge.report.report import ReportInputs, write_report
 from resources import ArtifactStore
 
 
-@dg.asset(code_version="report-1", group_name="report", kinds={"markdown"},
+@dg.asset(code_version="report-2", group_name="report", kinds={"markdown"},
           deps=[*stage_names(STAGES), "tokenizer",
                 "pretrained_model", "sft_model", "lora_adapter",
-                "base_model_eval", "sft_model_eval", "lora_model_eval"])
+                "base_model_eval", "sft_model_eval", "lora_model_eval",
+                "reward_model", "dpo_model", "grpo_model", "arena_ratings"])
 def pipeline_report(store: ArtifactStore) -> dg.MaterializeResult:
     out = store.path("pipeline_report", "report")
     stats = write_report(ReportInputs.from_artifacts(store.base(), stage_names(STAGES)), out)
