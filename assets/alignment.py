@@ -252,20 +252,20 @@ def dpo_prefers_chosen(store: ArtifactStore) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=grpo_model)
 def grpo_reward_rose(store: ArtifactStore) -> dg.AssetCheckResult:
-    """The mean verifiable reward on held-out problems (greedy answers) is higher after GRPO than
-    before. A warning, not blocking: at the tiny preset's size (~1M parameters, a minute of CPU)
-    it has not risen in any setting measured (see the README), and the arena still rates the
-    model."""
+    """The mean reward GRPO trains on (`reward`, or each problem's own) is higher after GRPO than
+    before on held-out problems, with greedy answers. Not blocking: the arena still rates the
+    model when it did not improve."""
     summary = _summary(store, "grpo_model")
     before, after = _figure(summary, "heldout_reward_before"), _figure(summary, "heldout_reward_after")
     if before is None or after is None:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                   description="no held-out reward before and after")
+        return dg.AssetCheckResult(passed=False, description="no held-out reward before and after")
     return dg.AssetCheckResult(
-        passed=after > before, severity=dg.AssetCheckSeverity.WARN,
-        description=None if after > before else
+        passed=after > before, description=None if after > before else
         f"held-out reward did not rise: {before:.3f} -> {after:.3f}",
-        metadata={"heldout_reward_before": before, "heldout_reward_after": after})
+        metadata={"heldout_reward_before": before, "heldout_reward_after": after,
+                  "reward": str(summary.get("reward")),
+                  "heldout_exact_before": _figure(summary, "heldout_exact_before"),
+                  "heldout_exact_after": _figure(summary, "heldout_exact_after")})
 
 
 @dg.asset_check(asset=arena_ratings)

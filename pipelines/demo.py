@@ -97,6 +97,10 @@ def alignment_lines(instance) -> list[str]:
         if meta:
             lines.append(f"{label + ':':<36}{_num(meta.get(name + '_before', '?'))} -> "
                          f"{_num(meta.get(name + '_after', '?'))}")
+    grpo = _metadata(instance, "grpo_model")
+    if grpo.get("heldout_exact_before") is not None:
+        lines[-1] += (f" ({grpo.get('reward')}; exact answers {_num(grpo['heldout_exact_before'])}"
+                      f" -> {_num(grpo.get('heldout_exact_after', '?'))})")
     arena = _metadata(instance, "arena_ratings")
     if arena:
         import json

@@ -58,7 +58,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                "quality_filtered_documents": {"keep_fraction": 0.9},
                # One torch thread per evaluation: for a ~2M-parameter model on a 2-core machine
                # one thread is far faster than two fighting over the cores.
-               **{name: {"threads": 1} for name in _EVAL_ASSETS}}),
+               **{name: {"threads": 1} for name in _EVAL_ASSETS},
+               # GRPO on arithmetic with the dense reward: the DPO model seldom gives the exact
+               # number, so the exact reward would leave every group at 0 (no gradient).
+               "grpo_model": {"reward": "numeric_closeness", "lr": 1e-3, "max_steps": 40,
+                              "micro_batch": 8, "max_new_tokens": 8, "arithmetic_max_value": 50},
+               "arena_ratings": {"max_value": 50}}),
     Preset("gpt2-124m", "one GPU: GPT-2 small's size with Llama's blocks", suite="standard",
            config=_on_gpu({
                "crawled_pages": {"max_pages": 200_000},

@@ -66,6 +66,10 @@ class GRPOConfig(TrainConfig):
                                   "GRPO optimises, without the noise of each step's own prompts")
     train_problems: int | None = Field(None, ge=1, description="use at most this many training "
                                        "problems (None: all)")
+    reward: str = Field("", description="reward that trains and scores every problem, a name in "
+                        "lmforge.align.rewards (e.g. numeric_closeness, the dense form of "
+                        "final_answer); empty: each problem's own. With it, the problems' own reward "
+                        "is still reported on held-out problems (heldout_exact_*)")
     arithmetic_max_value: int = Field(20, ge=1, description="default problems: largest operand or "
                                       "result kept")
     arithmetic_ops: str = Field("+-*/", description="default problems: operations kept")
@@ -216,6 +220,12 @@ def load_problems(cfg: GRPOConfig) -> tuple[list[dict], list[dict]]:
     heldout = [p for p in heldout if p["prompt"] not in train_prompts][:cfg.heldout_count]
     if not train:
         raise LmforgeError("no training problems (check --problems or the GSM8K mirror)")
+    if cfg.reward:
+        from lmforge.align.rewards import get_reward
+
+        get_reward(cfg.reward)  # an unknown name fails here, in one line
+        train = [{**p, "reward": cfg.reward} for p in train]
+        heldout = [{**p, "reward": cfg.reward, "own_reward": p["reward"]} for p in heldout]
     return train, heldout
 
 
@@ -234,7 +244,10 @@ def heldout_reward(model, tokenizer, problems: list[dict], max_new_tokens: int, 
     outs = generate(model, tokenizer, prompts, chat=True, greedy=True,
                     max_new_tokens=max_new_tokens, batch_size=batch_size)
     rewards = [score(p, o[0]) for p, o in zip(problems, outs)]
+    own = [score({**p, "reward": p["own_reward"]}, o[0]) for p, o in zip(problems, outs)
+           if "own_reward" in p]
     result = {"greedy": sum(rewards) / len(rewards), "sampled": None, "problems": len(problems),
+              "greedy_own": sum(own) / len(own) if own else None,
               "examples": [{"prompt": p["prompt"], "answer": p["answer"], "completion": o[0]}
                            for p, o in zip(problems[:5], outs[:5])]}
     if samples:
@@ -380,6 +393,8 @@ def grpo(cfg: GRPOConfig) -> dict:
                                seed=cfg.seed, batch_size=cfg.gen_batch_size)
             tel.log(f"{name} mean reward {when}: greedy {r['greedy']:.4f}"
                     + (f", sampled {r['sampled']:.4f}" if r["sampled"] is not None else "")
+                    + (f", problems' own reward (greedy) {r['greedy_own']:.4f}"
+                       if r.get("greedy_own") is not None else "")
                     + f" ({len(problems)} problems)")
             return r
 
@@ -411,6 +426,9 @@ def grpo(cfg: GRPOConfig) -> dict:
                          heldout_reward_after=after.get("greedy"),
                          heldout_sampled_reward_before=before.get("sampled"),
                          heldout_sampled_reward_after=after.get("sampled"),
+                         reward=cfg.reward or "each problem's own",
+                         **({"heldout_exact_before": before.get("greedy_own"),
+                             "heldout_exact_after": after.get("greedy_own")} if cfg.reward else {}),
                          heldout_examples_after=after.get("examples", []),
                          train_eval_problems=len(train_eval),
                          train_reward_before=train_before.get("greedy"),

@@ -44,3 +44,20 @@ def test_cli_help_and_bad_input(tmp_path, capsys):
     assert "--group-size" in out and "--kl-beta" in out and "--lora" in out
     rc = run("grpo", main, ["--base", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
     assert rc == 2
+
+
+def test_a_reward_override_trains_on_it_and_keeps_the_problems_own_for_the_report():
+    import pytest
+
+    from lmforge.align.grpo import GRPOConfig, load_problems
+    from lmforge.errors import LmforgeError
+
+    train, heldout = load_problems(GRPOConfig(reward="numeric_closeness", arithmetic_max_value=50))
+    assert train and heldout
+    assert {p["reward"] for p in train + heldout} == {"numeric_closeness"}
+    assert {p["own_reward"] for p in heldout} == {"final_answer"}
+    plain_train, plain_heldout = load_problems(GRPOConfig(arithmetic_max_value=50))
+    assert [p["prompt"] for p in plain_heldout] == [p["prompt"] for p in heldout]
+    assert all("own_reward" not in p for p in plain_heldout)
+    with pytest.raises(LmforgeError, match="no_such_reward"):
+        load_problems(GRPOConfig(reward="no_such_reward"))
