@@ -12,13 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from warcio.archiveiterator import ArchiveIterator
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
+from typing import TYPE_CHECKING
 
 from lmforge.errors import LmforgeError
 from lmforge.io import temp_name_prefix
 from lmforge.crawl.urls import extract_links, normalize_url
+
+if TYPE_CHECKING:  # warcio loads where WARC files are read or written, not with the graph
+    from warcio.warcwriter import WARCWriter
 
 # Headers that describe the bytes on the wire, not the decoded body the WARC stores. They are kept
 # under an X-Crawler- prefix, as Common Crawl does, so the record still says what was sent.
@@ -65,6 +66,8 @@ def _load_stored(out_dir: Path) -> dict[str, _Stored]:
 
 
 def _load_stored_file(path: Path, stored: dict[str, _Stored]) -> None:
+    from warcio.archiveiterator import ArchiveIterator
+
     with open(path, "rb") as fh:
         for rec in ArchiveIterator(fh):
             if rec.rec_type != "response" or rec.http_headers is None:
@@ -101,6 +104,8 @@ class _WarcOut:
         # Named so that a later run's sweep removes it if this process is killed mid-file.
         self._tmp = self.out_dir / f"{temp_name_prefix(self._final.name)}open.tmp"
         self._fh = open(self._tmp, "wb")
+        from warcio.warcwriter import WARCWriter
+
         self._writer = WARCWriter(self._fh, gzip=True)
         info = {"software": "lmforge crawler", "format": "WARC File Format 1.1",
                 "http-header-user-agent": self.user_agent,
@@ -108,6 +113,8 @@ class _WarcOut:
         self._writer.write_record(self._writer.create_warcinfo_record(self._final.name, info))
 
     def write_exchange(self, url: str, request_headers: list[tuple[str, str]], response: "_Fetched") -> None:
+        from warcio.statusandheaders import StatusAndHeaders
+
         if self._writer is None:
             self._open()
         assert self._writer is not None and self._fh is not None

@@ -13,7 +13,6 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from warcio.archiveiterator import ArchiveIterator
 
 from lmforge.crawl.warc_download import CHUNK, ImportFailure
 
@@ -37,6 +36,8 @@ def scan_warc(path: str | os.PathLike) -> WarcScan:
     scan = WarcScan()
     # warcio writes its own multi-line warnings to stderr for such files; the scan's result says
     # what is wrong, once, where the caller reports it.
+    from warcio.archiveiterator import ArchiveIterator  # loads with the work, not the graph
+
     with open(path, "rb") as fh, contextlib.redirect_stderr(io.StringIO()):
         it = ArchiveIterator(fh, no_record_parse=True)  # the raw block, to count its bytes
         try:

@@ -37,3 +37,21 @@ def test_the_training_modules_share_one_declaration_of_each_config():
     assert issubclass(config.LoraConfig, config.SFTConfig)
     assert issubclass(config.SFTConfig, config.TrainConfig) and issubclass(config.PretrainConfig,
                                                                             config.TrainConfig)
+
+
+GRAPH_PROBE = """
+import json, sys
+import pipelines.definitions
+heavy = {"torch", "transformers", "deepspeed", "peft", "numpy", "scipy", "pyarrow", "matplotlib",
+         "pandas", "warcio", "lm_eval", "datasets", "trl"}
+print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)))
+"""
+
+
+def test_the_graph_loads_without_the_libraries_its_steps_use():
+    """Every step subprocess and every UI reload imports the definitions: the libraries that do
+    the work (tensors, arrays, Parquet, WARC, plots, evaluation) load where the work happens."""
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", GRAPH_PROBE], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == []
