@@ -36,6 +36,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from lmforge.align.config import DPOConfig
+from lmforge.align.generate import pad_token_id
 from lmforge.align.preferences import collate_pairs
 from lmforge.errors import LmforgeError
 # A run's summary (also summary.json), as SFT's: a dict whose ``.model`` is the trained module.
@@ -232,10 +233,6 @@ def batch_functions(cfg, train_ex: list[dict], val_ex: list[dict], order, pad_id
             yield collate_pairs(val_ex[b * cfg.micro_batch:(b + 1) * cfg.micro_batch], pad_id)
 
     return batch_fn, (eval_fn if val_ex and cfg.eval_batches else None)
-
-
-def pad_token_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def start_pair_run(cfg):

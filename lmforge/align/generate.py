@@ -105,12 +105,14 @@ def load_policy(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike | N
     return model.to(device).eval(), tokenizer
 
 
-def render_prompt(tokenizer, prompt: str) -> str:
-    """The chat template with one user turn and the assistant's generation prompt."""
+def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
+    """The chat template with the prompt (one user turn, or a list of messages) and the
+    assistant's generation prompt: the text the model sees before it answers."""
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("the tokenizer has no chat template; pass rendered prompts (chat=False)")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+        raise InputError("the tokenizer has no chat template (tokenizer_config.json: "
+                         "chat_template); pass rendered prompts (chat=False)")
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def stop_ids(tokenizer, model=None) -> set[int]:

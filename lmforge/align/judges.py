@@ -206,9 +206,11 @@ class JudgeModel:
     def _continuation_logprobs(self, prompts: list[str]) -> list[tuple[float, float]]:
         import torch
 
+        from lmforge.align.generate import pad_token_id
+
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         rows, spans = [], []
         for text in prompts:
             ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from lmforge.align.generate import render_prompt
 from lmforge.errors import InputError, LmforgeError
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -67,15 +68,6 @@ def write_pairs(pairs: Iterable[dict[str, Any]], path: str | os.PathLike) -> Pat
 
 # ---------------------------------------------------------------------------------------------
 # pairs -> token ids (shared by DPO and the reward model)
-
-
-def render_prompt(tokenizer, prompt: str | list[dict]) -> str:
-    """The chat template with the prompt (a user message, or a list of messages) and the
-    generation prompt: the text the model sees before it answers."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if tokenizer.chat_template is None:
-        raise LmforgeError("the tokenizer has no chat template (tokenizer_config.json: chat_template)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def tokenize_pair(tokenizer, pair: dict[str, Any], max_len: int, max_prompt_len: int,
