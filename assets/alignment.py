@@ -17,7 +17,7 @@ import math
 import dagster as dg
 from pydantic import Field
 
-from assets.training import adapter_dir, model_dir
+from assets.training import model_dir
 from lmforge.align.arena import ArenaConfig, Contestant
 from lmforge.align.config import DPOConfig, RewardModelConfig
 from lmforge.align.grpo import GRPOConfig
@@ -94,7 +94,7 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
     out = write_pairs(pairs, pairs_path(store))
     context.log.info("%d pairs from %s", len(pairs), config.source)
     return dg.MaterializeResult(metadata={
-        "path": str(out), "pairs": len(pairs), "source": config.source,
+        "pairs_path": str(out), "pairs": len(pairs), "source": config.source,
         **{f"on_policy_{k}": v for k, v in stats.items()},
         "preview": dg.MetadataValue.md(_pairs_table(pairs))})
 
@@ -125,7 +125,10 @@ def dpo_model(context: dg.AssetExecutionContext, config: DPOModelConfig, store: 
 def trained_policy(store: ArtifactStore, asset_name: str) -> tuple[str, str | None] | None:
     """(model dir, adapter dir or None) of a DPO or GRPO run: full weights in `run/model`, an
     adapter in `run/adapter` over the model its summary names; None when it has not run."""
-    run = store.path(asset_name, "run")
+    version = store.latest(asset_name)
+    if version is None:
+        return None
+    run = version / "run"
     if (run / "model" / "config.json").exists():
         return str(run / "model"), None
     if (run / "adapter" / "adapter_config.json").exists():
@@ -152,12 +155,20 @@ def grpo_model(context: dg.AssetExecutionContext, config: GRPOModelConfig, store
 
 def contestants(store: ArtifactStore) -> list[Contestant]:
     """Every model of the graph that exists in the store: base, SFT, each adapter, DPO, GRPO."""
-    found = [Contestant(name=name, model_dir=str(model_dir(store, asset)))
+    def model(asset: str) -> Path | None:
+        version = store.latest(asset)
+        path = version / "run" / "model" if version is not None else None
+        return path if path is not None and (path / "config.json").exists() else None
+
+    found = [Contestant(name=name, model_dir=str(model(asset)))
              for name, asset in (("base", "pretrained_model"), ("sft", "sft_model"))
-             if (model_dir(store, asset) / "config.json").exists()]
-    sft = model_dir(store, "sft_model")
-    found += [Contestant(name=f"lora:{task}", model_dir=str(sft), adapter_dir=str(adapter_dir(store, task)))
-              for task in task_names() if (adapter_dir(store, task) / "adapter_config.json").exists()]
+             if model(asset) is not None]
+    sft = model("sft_model")
+    for task in task_names() if sft is not None else []:
+        version = store.latest("lora_adapter", partition=task)
+        if version is not None and (version / "adapter" / "adapter_config.json").exists():
+            found.append(Contestant(name=f"lora:{task}", model_dir=str(sft),
+                                    adapter_dir=str(version / "adapter")))
     for name, asset in (("dpo", "dpo_model"), ("grpo", "grpo_model")):
         policy = trained_policy(store, asset)
         if policy is not None:
@@ -177,15 +188,16 @@ def arena_ratings(context: dg.AssetExecutionContext, config: ArenaRatingsConfig,
     models = contestants(store)
     if len(models) < 2:
         raise dg.Failure(description=f"the arena needs two models; found {[m.name for m in models]}")
-    rm = store.path("reward_model", "run", "model")
+    rm_version = store.latest("reward_model")
+    rm = rm_version / "run" / "model" if rm_version is not None else None
     cfg = engine_config(ArenaConfig, config, contestants=models,
                         out_dir=str(store.path("arena_ratings", "arena")),
-                        reward_model_dir=str(rm) if (rm / "config.json").exists() else None)
+                        reward_model_dir=str(rm) if rm and (rm / "config.json").exists() else None)
     context.log.info("arena: %s", ", ".join(m.name for m in models))
     summary = run_arena(cfg)
     meta = summary.to_metadata()
     return dg.MaterializeResult(metadata={
-        **{k: v for k, v in meta.items() if k not in ("leaderboard", "win_rates", "ratings")},
+        **{k: v for k, v in meta.items() if k not in ("leaderboard", "win_rates", "ratings", "path")},
         "contestants": [m.name for m in models],
         "judges_used": dg.MetadataValue.json(summary.judges_used),
         "leaderboard": leaderboard_table(summary.ratings),
@@ -209,8 +221,9 @@ def leaderboard_table(ratings) -> dg.TableMetadataValue:
 
 
 def _summary(store: ArtifactStore, asset_name: str) -> dict | None:
-    path = store.path(asset_name, "run", "summary.json")
-    return read_json(path) if path.exists() else None
+    version = store.latest(asset_name)
+    path = version / "run" / "summary.json" if version is not None else None
+    return read_json(path) if path is not None and path.exists() else None
 
 
 def _figure(summary: dict | None, key: str) -> float | None:
@@ -271,7 +284,8 @@ def grpo_reward_rose(store: ArtifactStore) -> dg.AssetCheckResult:
 @dg.asset_check(asset=arena_ratings)
 def arena_rates_every_model(store: ArtifactStore) -> dg.AssetCheckResult:
     """Every contestant has a finite rating and a finite interval."""
-    path = store.path("arena_ratings", "arena", "ratings.json")
+    version = store.latest("arena_ratings")
+    path = version / "arena" / "ratings.json" if version is not None else Path("ratings.json")
     if not path.exists():
         return dg.AssetCheckResult(passed=False, description=f"no ratings at {path}")
     board = read_json(path)["ratings"]["leaderboard"]

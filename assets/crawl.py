@@ -2,6 +2,7 @@
 
 
 import contextlib
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -19,7 +20,7 @@ class CrawledPagesConfig(dagster_config(CrawlConfig, "CrawlRunConfig")):
 
 
 def crawl_dir(store: ArtifactStore, day: str):
-    return store.path("crawled_pages", day)
+    return store.fixed_path("crawled_pages", day)
 
 
 @dg.asset(code_version="crawl-2", group_name="crawl", kinds={"warc"}, partitions_def=DAILY)
@@ -56,6 +57,9 @@ def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
             overrides["seeds"] = [base_url]
         cfg = engine_config(CrawlConfig, config, **overrides)
         stats = crawl(cfg, target)
+    # A fresh snapshot was written in a temporary directory and renamed onto the day's: name
+    # the files where they are now.
+    stats.warc_files = [str(out_dir / Path(f).name) for f in stats.warc_files]
     return dg.MaterializeResult(metadata={"path": str(out_dir), **stats.to_metadata()})
 
 

@@ -31,7 +31,7 @@ QualityClassifierConfig = dagster_config(QualityConfig, "QualityClassifierConfig
 
 def all_documents(store: ArtifactStore, asset_name: str):
     """The directory of every day's documents of a stage (what unpartitioned readers take)."""
-    return store.path(asset_name, "documents")
+    return store.fixed_path(asset_name, "documents")
 
 
 def documents_path(store: ArtifactStore, asset_name: str, day: str):
@@ -53,7 +53,7 @@ def extracted_documents(context: dg.AssetExecutionContext, config: ExtractedDocu
                         store: ArtifactStore) -> dg.MaterializeResult:
     """The main text of every HTML page of the day's crawl."""
     day = context.partition_key
-    warcs = sorted(store.path("crawled_pages", day).glob("*.warc.gz"))
+    warcs = sorted(store.fixed_path("crawled_pages", day).glob("*.warc.gz"))
     out = documents_path(store, EXTRACTED, day)
     stats = extract(warcs, out, engine_config(ExtractConfig, config))
     return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
@@ -68,7 +68,7 @@ def quality_classifier(context: dg.AssetExecutionContext, config: QualityClassif
     reference text it is skipped, with the reason, and the quality stage passes documents
     through."""
     cfg = engine_config(QualityConfig, config)
-    out = store.path("quality_classifier", "model")
+    out = store.fixed_path("quality_classifier", "model")
     try:
         if not cfg.positives:
             default_positives()  # raises when there is no reference text on this machine
@@ -87,24 +87,15 @@ def extracted_documents_not_empty(context: dg.AssetCheckExecutionContext,
 
 
 @dg.asset_check(asset=quality_classifier)
-def quality_classifier_separates(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def quality_classifier_separates(store: ArtifactStore) -> dg.AssetCheckResult:
     """Held-out AUC of reference against crawl text; a warning when skipped or weak."""
-    meta = latest_metadata(context.instance, "quality_classifier")
+    meta = store.latest_metadata("quality_classifier")
     if "skipped" in meta:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN,
                                    description=f"skipped: {meta['skipped'].value}")
     auc = float(meta["heldout_auc"].value) if "heldout_auc" in meta else 0.0
     return dg.AssetCheckResult(passed=auc >= 0.9, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"heldout_auc": auc})
-
-
-def latest_metadata(instance: dg.DagsterInstance, asset_name: str, partition: str | None = None):
-    """The metadata of an asset's latest materialization (of one partition), or {}."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_name),
-                              asset_partitions=[partition] if partition else None),
-        limit=1).records
-    return records[0].event_log_entry.asset_materialization.metadata if records else {}
 
 
 def documents_not_empty(store: ArtifactStore, asset_name: str, day: str,
@@ -137,7 +128,7 @@ def _stage_asset(stage: Stage, upstream: str):
         run = StageRun(input=documents_path(store, upstream, day), output=out,
                        removed=removed_path(store, stage.name, day),
                        config=engine_config(stage.config_class(), config), day=day,
-                       state_dir=store.path(stage.name, "index"),
+                       state_dir=store.fixed_path(stage.name, "index"),
                        needs={name: store.asset_dir(name) for name in stage.needs})
         stats = stage(run)
         meta = {"path": str(out), **stats.to_metadata(),
@@ -166,7 +157,7 @@ def _stage_check(asset, stage: Stage, upstream: str, check):
     def _check(context: dg.AssetCheckExecutionContext,
                store: ArtifactStore) -> dg.AssetCheckResult:
         day = context.partition_key
-        meta = {k: v.value for k, v in latest_metadata(context.instance, stage.name, day).items()}
+        meta = {k: v.value for k, v in store.latest_metadata(stage.name, day).items()}
         before = count_rows(documents_path(store, upstream, day))
         after = count_rows(documents_path(store, stage.name, day))
         passed, description, extra = check.fn(meta, before, after)

@@ -20,19 +20,47 @@ ModelEvalConfig = dagster_config(
     EvalConfig, "ModelEvalConfig",
     exclude={"model_dir", "adapter_dir", "heldout_path", "out_dir", "suite"})
 
-# Where each evaluation reads its model and writes its results, from its partition's keys.
-Paths = tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]  # model, adapter, results
+# Where each evaluation reads its model (and adapter): (asset, path inside its version, partition).
+Where = tuple[str, tuple[str, ...], str | None]
+Paths = tuple[Where, Where | None]  # model, adapter
 
 
 def _model_paths(model_asset: str):
-    def paths(name: str, keys: dict[str, str]) -> Paths:
-        return (model_asset, "run", "model"), None, (name, keys["suite"])
+    def paths(keys: dict[str, str]) -> Paths:
+        return (model_asset, ("run", "model"), None), None
     return paths
 
 
-def _adapter_paths(name: str, keys: dict[str, str]) -> Paths:
-    return (("sft_model", "run", "model"), ("lora_adapter", keys["adapter"], "adapter"),
-            (name, keys["adapter"], keys["suite"]))
+def _adapter_paths(keys: dict[str, str]) -> Paths:
+    return (("sft_model", ("run", "model"), None),
+            ("lora_adapter", ("adapter",), keys["adapter"]))
+
+
+def _resolve(store: ArtifactStore, where: Where) -> str:
+    asset, parts, partition = where
+    return str(store.path(asset, *parts, partition=partition))
+
+
+def scores_table(summary: EvalSummary) -> dg.TableMetadataValue:
+    """The evaluation as table metadata (sortable in the UI), built with pandas; scores rounded
+    to 4 places."""
+    import pandas as pd
+
+    rows = pd.DataFrame([{
+        "task": t.name, "metric": t.metric,
+        "score": None if t.score is None else round(float(t.score), 4),
+        "threshold": " ".join(x for x in (f">= {t.min_score:g}" if t.min_score is not None else "",
+                                          f"<= {t.max_score:g}" if t.max_score is not None else "") if x),
+        "status": (f"skipped: {t.reason}" if t.status == "skipped"
+                   else {True: "pass", False: "FAIL", None: "ok"}[t.passed]),
+        "n": t.n_samples, "shots": t.num_fewshot} for t in summary.tasks])
+    rows = rows.astype({"n": "Int64", "shots": "Int64"}).astype(object)
+    rows = rows.where(rows.notna(), None)
+    types = {"task": "string", "metric": "string", "score": "float", "threshold": "string",
+             "status": "string", "n": "int", "shots": "int"}
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(r) for r in rows.to_dict("records")],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, types[c]) for c in rows.columns]))
 
 
 def partition_keys(partitions_def: dg.PartitionsDefinition, key: str) -> dict[str, str]:
@@ -43,33 +71,31 @@ def partition_keys(partitions_def: dg.PartitionsDefinition, key: str) -> dict[st
     return {"suite": key}
 
 
-def _summary(store: ArtifactStore, results: tuple[str, ...]) -> EvalSummary | None:
-    path = store.path(*results) / "summary.json"
-    return EvalSummary.model_validate(read_json(path)) if path.exists() else None
+def _summary(store: ArtifactStore, name: str, partition: str) -> EvalSummary | None:
+    version = store.latest(name, partition=partition)
+    path = version / "results" / "summary.json" if version is not None else None
+    return EvalSummary.model_validate(read_json(path)) if path and path.exists() else None
 
 
 def _eval_asset(name: str, deps: list, partitions_def: dg.PartitionsDefinition, paths):
-    def _results(context) -> tuple[str, ...]:
-        return paths(name, partition_keys(partitions_def, context.partition_key))[2]
-
     @dg.asset(name=name, code_version="eval-1", group_name="evaluation", kinds={"lm-eval"},
               deps=[*deps, "token_shards"], partitions_def=partitions_def)
     def _asset(context: dg.AssetExecutionContext, config: ModelEvalConfig,
                store: ArtifactStore) -> dg.MaterializeResult:
         keys = partition_keys(partitions_def, context.partition_key)
-        model, adapter, results = paths(name, keys)
+        model, adapter = paths(keys)
         cfg = engine_config(
             EvalConfig, config, suite=keys["suite"],
-            model_dir=str(store.path(*model)),
-            adapter_dir=str(store.path(*adapter)) if adapter else None,
+            model_dir=_resolve(store, model),
+            adapter_dir=_resolve(store, adapter) if adapter else None,
             heldout_path=str(store.path("token_shards", "shards", "val.parquet")),
-            out_dir=str(store.path(*results)),
+            out_dir=str(store.path(name, "results")),
         )
         summary = evaluate(cfg)
         for task, reason in summary.skipped.items():
             context.log.warning("%s skipped: %s", task, reason)
         return dg.MaterializeResult(metadata={
-            "path": cfg.out_dir, "table": dg.MetadataValue.md(summary.to_markdown()),
+            "table": scores_table(summary),
             "scores": dg.MetadataValue.json(summary.scores), **summary.to_metadata()})
 
     @dg.asset_check(asset=_asset, name="eval_results_present", blocking=True,
@@ -77,7 +103,7 @@ def _eval_asset(name: str, deps: list, partitions_def: dg.PartitionsDefinition, 
     def _results_present(context: dg.AssetCheckExecutionContext,
                          store: ArtifactStore) -> dg.AssetCheckResult:
         """Every task of the suite has a score, or a stated reason for being skipped."""
-        summary = _summary(store, _results(context))
+        summary = _summary(store, name, str(context.partition_key))
         if summary is None:
             return dg.AssetCheckResult(passed=False, description="no evaluation summary was written")
         missing = [t.name for t in summary.tasks if (t.status == "ok" and t.score is None)
@@ -91,7 +117,7 @@ def _eval_asset(name: str, deps: list, partitions_def: dg.PartitionsDefinition, 
     def _above_thresholds(context: dg.AssetCheckExecutionContext,
                           store: ArtifactStore) -> dg.AssetCheckResult:
         """Scores within the suite's thresholds (a warning: tiny models score at chance)."""
-        summary = _summary(store, _results(context))
+        summary = _summary(store, name, str(context.partition_key))
         failed = summary.failed if summary else ["no summary"]
         return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={"failed": dg.MetadataValue.json(failed)})
@@ -104,9 +130,9 @@ def _eval_asset(name: str, deps: list, partitions_def: dg.PartitionsDefinition, 
         the suite's `max_regression`; blocking when the suite sets `block_on_regression`."""
         partition = str(context.partition_key)
         suite = load_suite(partition_keys(partitions_def, partition)["suite"])
-        summary = _summary(store, _results(context))
+        summary = _summary(store, name, str(context.partition_key))
         records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[partition]),
+            dg.AssetRecordsFilter(asset_key=store.asset_key(name), asset_partitions=[partition]),
             limit=2).records
         if summary is None or suite.max_regression is None or len(records) < 2:
             why = ("no summary" if summary is None else "the suite sets no max_regression"

@@ -63,7 +63,7 @@ def fit_asset_name(sweep: str) -> str:
 
 
 def latest_fit_path(store: ArtifactStore, sweep: str) -> Path:
-    return store.path(fit_asset_name(sweep), "latest.json")
+    return store.fixed_path(fit_asset_name(sweep), "latest.json")
 
 
 def _read_latest(store: ArtifactStore, sweep: str) -> dict | None:
@@ -135,7 +135,7 @@ def _sweep_assets(name: str, path: Path) -> dict:
                              len(missing), len(results) + len(missing), name, ", ".join(missing[:8]))
             return
         version = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{context.run.run_id[:8]}"
-        final = store.path(fit_name, version)
+        final = store.fixed_path(fit_name, version)
         with atomic_path(final, "dir") as tmp:
             tmp.mkdir()
             fit_cfg = ScalingFitConfig(**config.model_dump(), plots=str(tmp))
@@ -220,10 +220,13 @@ def _run_metadata(result: dict) -> dict:
 for _name, _path in sweep_files().items():
     globals().update(_sweep_assets(_name, _path))
 
-def scaling_jobs() -> list:
-    """One job per sweep: its runs (partitioned) and its fit. ``scaling`` is the tiny CPU sweep."""
-    return [dg.define_asset_job("scaling" if name == "tiny" else f"scaling_{name}",
-                                selection=[runs_asset_name(name), fit_asset_name(name)],
+def scaling_jobs(deployment: str | None = None, job_name=lambda kind: kind) -> list:
+    """One job per sweep for one deployment: its runs (partitioned) and its fit. ``scaling`` is
+    the tiny CPU sweep; ``job_name(kind)`` names the deployment's job of that kind."""
+    return [dg.define_asset_job(job_name("scaling" if name == "tiny" else f"scaling_{name}"),
+                                selection=[dg.AssetKey([deployment, a] if deployment else a)
+                                           for a in (runs_asset_name(name), fit_asset_name(name))],
+                                tags={"preset": deployment} if deployment else {},
                                 description=f"The `{name}` scaling sweep ({path.name}): one run "
                                 "per partition (backfill them all), then the Chinchilla fit once "
                                 "every run has a result.")

@@ -27,7 +27,7 @@ def tokenizer(config: TokenizerRunConfig, store: ArtifactStore) -> dg.Materializ
     """A byte-level BPE tokenizer with chat special tokens and a ChatML template."""
     out = store.path("tokenizer", "tokenizer")
     stats = train_tokenizer(corpus_path(store), out, engine_config(TokenizerConfig, config))
-    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+    return dg.MaterializeResult(metadata=stats.to_metadata())
 
 
 @dg.asset(code_version="shards-1", group_name="tokenizer", kinds={"numpy"}, deps=[tokenizer])
@@ -36,14 +36,13 @@ def token_shards(config: TokenShardsConfig, store: ArtifactStore) -> dg.Material
     out = store.path("token_shards", "shards")
     stats = tokenize_documents(corpus_path(store), store.path("tokenizer", "tokenizer"), out,
                                engine_config(ShardConfig, config))
-    return dg.MaterializeResult(metadata={"path": str(out), **stats.to_metadata()})
+    return dg.MaterializeResult(metadata=stats.to_metadata())
 
 
 @dg.asset_check(asset=tokenizer, blocking=True)
-def tokenizer_compresses(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def tokenizer_compresses(store: ArtifactStore) -> dg.AssetCheckResult:
     """A tokenizer whose compression collapsed (about one byte per token) is not worth training on."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("tokenizer"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    meta = store.latest_metadata("tokenizer")
     value = meta.get("bytes_per_token")
     bpt = float(value.value) if value is not None else 0.0
     return dg.AssetCheckResult(passed=bpt >= MIN_BYTES_PER_TOKEN,

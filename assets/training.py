@@ -9,6 +9,7 @@ holds a checkpoint is resumed, so materializing again after a crash continues wh
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -23,8 +24,13 @@ from lmforge.train.sft_data import DOCUMENT_KINDS, sft_data_from_documents
 from lmforge.train.tasks import TaskDataUnavailable, build_task_data, load_task, task_names
 from resources import ArtifactStore, TrainingLauncher, dagster_config, engine_config
 
-PretrainedModelConfig = dagster_config(PretrainConfig, "PretrainedModelConfig",
-                                       exclude={"data_dir", "tokenizer_dir", "out_dir"})
+class PretrainedModelConfig(dagster_config(PretrainConfig, "PretrainRunConfig",
+                                           exclude={"data_dir", "tokenizer_dir", "out_dir", "init_from"})):
+    continue_from: Literal["release", "scratch"] = Field(
+        default="release", description="release: start from the weights of the pretrained model "
+        "the current release was made from (continued pretraining on the new data, fresh "
+        "optimizer and warmup), when its tokenizer and shape are this run's; else, and with "
+        "scratch: random initialisation")
 SFTModelConfig = dagster_config(SFTConfig, "SFTModelConfig", exclude={"base", "data", "out_dir"})
 LoraAdapterConfig = dagster_config(LoraConfig, "LoraAdapterConfig",
                                    exclude={"base", "data", "out_dir"})
@@ -44,10 +50,10 @@ def task_data_path(store: ArtifactStore, task: str) -> Path:
     return store.path("sft_conversations", "tasks", f"{task}.jsonl")
 
 
-def adapter_task_data(instance: dg.DagsterInstance) -> tuple[list[str], dict[str, str]]:
+def adapter_task_data(store: ArtifactStore,
+                      instance: dg.DagsterInstance | None = None) -> tuple[list[str], dict[str, str]]:
     """The adapter tasks the latest `sft_conversations` built, and why it skipped the others."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("sft_conversations"))
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    meta = store.latest_metadata("sft_conversations", instance=instance)
     built = list(meta["tasks"].value) if "tasks" in meta else []
     skipped = {key[len("task_"):-len("_skipped")]: value.value for key, value in meta.items()
                if key.startswith("task_") and key.endswith("_skipped")}
@@ -92,13 +98,56 @@ def model_dir(store: ArtifactStore, asset_name: str) -> Path:
           deps=["token_shards", "tokenizer"], pool="gpu")
 def pretrained_model(context: dg.AssetExecutionContext, config: PretrainedModelConfig,
                      store: ArtifactStore, launcher: TrainingLauncher) -> dg.MaterializeResult:
-    """A Llama-style decoder pretrained from scratch on the token shards (DeepSpeed ZeRO)."""
-    cfg = engine_config(PretrainConfig, config,
-                        data_dir=str(store.path("token_shards", "shards")),
-                        tokenizer_dir=str(store.path("tokenizer", "tokenizer")),
-                        out_dir=str(store.path("pretrained_model", "run")))
+    """A Llama-style decoder pretrained on the token shards (DeepSpeed ZeRO): from the release's
+    pretrained ancestor when it has this run's tokenizer and shape, else from scratch."""
+    values = config.model_dump()
+    continue_from = values.pop("continue_from")
+    init_from, why = "", "continue_from=scratch"
+    if continue_from == "release":
+        init_from, why = release_ancestor(store, PretrainConfig(**values))
+    context.log.info("pretraining %s", f"from {init_from}" if init_from else f"from scratch ({why})")
+    shards = store.path("token_shards", "shards")
+    cfg = PretrainConfig(**values, data_dir=str(shards), init_from=init_from,
+                         tokenizer_dir=str(store.path("tokenizer", "tokenizer")),
+                         out_dir=str(store.path("pretrained_model", "run")))
+    train_tokens = store.latest_metadata("token_shards").get("train_tokens")
+    context.add_output_metadata({
+        "data_train_tokens": int(getattr(train_tokens, "value", train_tokens) or 0),
+        "initialised_from": init_from or f"scratch ({why})"})
     return launcher.run(context, "lmforge.train.pretrain", cfg.model_dump(mode="json"),
                         store.path("pretrained_model", "config.json"))
+
+
+_SHAPE_FIELDS = ("preset", "seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+
+
+def release_ancestor(store: ArtifactStore, cfg: PretrainConfig) -> tuple[str, str]:
+    """``(model dir, "")`` of the pretrained model the current release descends from, when its
+    tokenizer is the current one and its shape is ``cfg``'s; else ``("", why not)``."""
+    from lmforge.versions import RELEASE_FILE, VERSION_FILE
+
+    release = store.latest("released_model")
+    if release is None or not (release / RELEASE_FILE).is_file():
+        return "", "no release yet"
+    try:
+        sft = Path(read_json(release / RELEASE_FILE)["source"])
+        upstream = read_json(sft / VERSION_FILE)["inputs"]["upstream"]
+        key = store.asset_key("pretrained_model").to_user_string()
+        base = store.asset_dir("pretrained_model") / str(upstream[key])
+        made = read_json(base / VERSION_FILE)["inputs"]
+    except (OSError, KeyError, ValueError) as e:
+        return "", f"the release's lineage cannot be read ({e})"
+    if not (base / "run" / "model" / "config.json").is_file():
+        return "", f"the release's pretrained model {base.name} is gone (pruned?)"
+    tokenizer_key = store.asset_key("tokenizer").to_user_string()
+    current_tokenizer = store.latest_metadata("tokenizer").get("version")
+    if str(made["upstream"].get(tokenizer_key)) != str(getattr(current_tokenizer, "value", current_tokenizer)):
+        return "", "the tokenizer changed since the release"
+    before = {k: made["config"].get(k) for k in _SHAPE_FIELDS}
+    now = {k: getattr(cfg, k) for k in _SHAPE_FIELDS}
+    if before != now:
+        return "", "the model shape changed since the release"
+    return str(base / "run" / "model"), ""
 
 
 @dg.asset(code_version="sft-1", group_name="training", kinds={"pytorch"},
@@ -114,7 +163,7 @@ def sft_model(context: dg.AssetExecutionContext, config: SFTModelConfig, store: 
 
 
 def adapter_dir(store: ArtifactStore, task: str) -> Path:
-    return store.path("lora_adapter", task, "adapter")
+    return store.path("lora_adapter", "adapter", partition=task)
 
 
 @dg.asset(code_version="lora-2", group_name="adapters", kinds={"peft"},
@@ -126,12 +175,12 @@ def lora_adapter(context: dg.AssetExecutionContext, config: LoraAdapterConfig,
     task = context.partition_key
     data = task_data_path(store, task)
     if not data.exists():
-        why = adapter_task_data(context.instance)[1].get(task, "materialize sft_conversations first")
+        why = adapter_task_data(store)[1].get(task, "materialize sft_conversations first")
         raise dg.Failure(description=f"no conversations for adapter task {task!r} at {data}: {why}")
     cfg = engine_config(LoraConfig, config, base=str(model_dir(store, "sft_model")),
                         data=str(data), out_dir=str(adapter_dir(store, task)))
     return launcher.run(context, "lmforge.train.lora", cfg.model_dump(mode="json"),
-                        store.path("lora_adapter", task, "config.json"))
+                        store.path("lora_adapter", "config.json", partition=task))
 
 
 def _loss_check(summary_path: Path, must_fall: bool) -> dg.AssetCheckResult:

@@ -15,16 +15,17 @@ from pathlib import Path
 from lmforge.paths import REPO_ROOT
 
 
+DEPLOYMENT = "tiny"  # the deployment whose assets the summary reads (set by main)
+
+
 def _metadata(instance, key: str, partition: str | None = None) -> dict:
     import dagster as dg
 
-    if partition is None:
-        event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    else:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition]),
-            limit=1).records
-        event = records[0].event_log_entry if records else None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey([DEPLOYMENT, key]),
+                              asset_partitions=[partition] if partition else None),
+        limit=1).records
+    event = records[0].event_log_entry if records else None
     if event is None or event.asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
@@ -70,12 +71,16 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
               for t in tasks]
     for label, key, partition in evals:
         lines.append(f"{label + ':':<36}{_scores(_metadata(instance, key, partition))}")
+    release = _metadata(instance, "released_model")
+    if release:
+        lines.append(f"{'released model:':<36}{release.get('released_version', '?')} "
+                     f"(previous: {release.get('previous_release', '?')})")
     lines += alignment_lines(instance)
-    lines += ["", f"artifacts:   {artifacts}",
-              f"report:      {artifacts / 'pipeline_report' / 'report' / 'report.md'}",
-              f"adapters:    {artifacts}/lora_adapter/<task>/adapter/ (PEFT)",
-              f"evaluations: {artifacts}/<model>_model_eval/<suite>/, "
-              "lora_model_eval/<task>/<suite>/ (lm-eval results.json)",
+    report = _metadata(instance, "pipeline_report")
+    lines += ["", f"artifacts:   {artifacts}/<asset>/[<partition>/]<version>/ "
+              "(`python -m pipelines.versions list` lists them)",
+              f"release:     {release.get('model_dir', '(none yet)')}",
+              f"report:      {report.get('report', '(none yet)')}",
               f"dagster:     {os.environ['DAGSTER_HOME']}",
               "open the UI: make ui   (then http://127.0.0.1:3000)"]
     return lines
@@ -105,7 +110,7 @@ def alignment_lines(instance) -> list[str]:
     if arena:
         import json
 
-        ratings = json.loads((Path(arena["path"]) / "ratings.json").read_text())["ratings"]
+        ratings = json.loads((Path(arena["path"]) / "arena" / "ratings.json").read_text())["ratings"]
         board = ", ".join(f"{r['model']} {r['rating']:.0f}" for r in ratings.get("leaderboard", []))
         lines.append(f"{'arena (Bradley-Terry):':<36}{board}")
     return lines
@@ -127,13 +132,72 @@ def prepare_instance_dir() -> Path:
     return home
 
 
+def _parent_partition(graph, parent_key, node, partition: str | None) -> str | None:
+    """The parent's partition a child's partition reads (``math|smoke`` reads ``math`` of the
+    adapters, ``smoke`` of a suite-partitioned parent); None: any (the latest of all)."""
+    parent = graph.get(parent_key)
+    if not parent.is_partitioned or not node.is_partitioned or partition is None:
+        return None
+    keys = set(parent.partitions_def.get_partition_keys())
+    if partition in keys:
+        return partition
+    parts = [p for p in str(partition).split("|") if p in keys]
+    return parts[0] if len(parts) == 1 else None
+
+
+def pending_assets(defs, instance, keys, partition: str | None, frozen=frozenset()) -> list:
+    """Of ``keys``, those to materialize (``make``'s rule): never materialized (for
+    ``partition``, when partitioned), materialized by other code (its ``code_version`` changed),
+    or older than the latest materialization of an input, or with an input that is pending.
+    A key in ``frozen`` (the tokenizer, unless the preset retrains it) only when missing or its
+    code changed."""
+    import dagster as dg
+
+    graph = defs.resolve_asset_graph()
+
+    def latest(key, part=None):
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[part] if part else None),
+            limit=1).records
+        return records[0] if records else None
+
+    pending: set = set()
+    changed = True
+    while changed:
+        changed = False
+        for key in keys:
+            if key in pending:
+                continue
+            node = graph.get(key)
+            if node.is_partitioned and partition not in node.partitions_def.get_partition_keys():
+                continue
+            record = latest(key, partition if node.is_partitioned else None)
+            stale = record is None
+            if not stale:
+                tags = record.event_log_entry.dagster_event.event_specific_data.materialization.tags or {}
+                stale = bool(node.code_version) and tags.get("dagster/code_version") != node.code_version
+            for parent in node.parent_keys if not stale and key not in frozen else ():
+                if parent in pending:
+                    stale = True
+                    break
+                parent_record = latest(parent, _parent_partition(graph, parent, node, partition))
+                if parent_record is not None and parent_record.storage_id > record.storage_id:
+                    stale = True
+                    break
+            if stale:
+                pending.add(key)
+                changed = True
+    return [k for k in keys if k in pending]
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipelines.presets import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.demo",
-        description="Materialize every asset of the graph with a preset (default: tiny, a few "
-        "minutes on a laptop CPU, offline) into the project's Dagster instance.")
+        description="Materialize every asset of a deployment (default: tiny, a few minutes on a "
+        "laptop CPU, offline) into the project's Dagster instance. Run again, it materializes only "
+        "what is missing or stale (code or inputs changed): with nothing changed it does nothing.")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     parser.add_argument("--day", default=None,
                         help="crawl partition, YYYY-MM-DD (default: today, UTC)")
@@ -141,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluation suite (default: the preset's; tiny: smoke)")
     parser.add_argument("--artifacts", default=None,
                         help="artifact directory (default: LMFORGE_ARTIFACTS or ./artifacts)")
+    parser.add_argument("--force", action="store_true",
+                        help="materialize every asset again, fresh or not (a changed setting "
+                        "that is not code gives new versions this way)")
     args = parser.parse_args(argv)
 
     prepare_instance_dir()
@@ -153,43 +220,55 @@ def main(argv: list[str] | None = None) -> int:
 
     from assets.partitions import DAILY, adapter_eval_key
     from assets.training import adapter_task_data
-    from pipelines.definitions import JOB_ASSETS, defs
-    from pipelines.presets import PRESETS, job_name, run_config
+    from pipelines.definitions import JOB_ASSETS, asset_key, defs
+    from pipelines.presets import PRESETS, deployment_name, job_name
     from resources import ArtifactStore
 
+    global DEPLOYMENT
+    DEPLOYMENT = deployment_name(args.preset)
     instance = dg.DagsterInstance.get()
     started = time.time()
     day = args.day or DAILY.get_last_partition_key()
     suite = args.suite or PRESETS[args.preset].suite
-    results = []
+    store = ArtifactStore(deployment=DEPLOYMENT)
+    results, failed = [], False
 
     def run(kind: str, partition: str | None) -> bool:
-        print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]", file=sys.stderr)
+        keys = [asset_key(args.preset, n) for n in sorted(JOB_ASSETS[kind])]
+        frozen = set() if PRESETS[args.preset].retrain_tokenizer else {asset_key(args.preset, "tokenizer")}
+        todo = keys if args.force else pending_assets(defs, instance, keys, partition, frozen)
+        if not todo:
+            print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]: up to date",
+                  file=sys.stderr)
+            return True
+        print(f"lmforge demo: {job_name(kind, args.preset)} [{partition}]: "
+              f"{', '.join(k.path[-1] for k in todo)}", file=sys.stderr)
         job = defs.resolve_job_def(job_name(kind, args.preset))
-        result = job.execute_in_process(
-            run_config=run_config(args.preset, assets=JOB_ASSETS[kind]), instance=instance,
-            raise_on_error=False, partition_key=partition)
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        partition_key=partition, asset_selection=todo)
         results.append(result)
         return result.success
 
-    # The same sequence the sensors run after the nightly curation.
+    # The order the automation follows after the nightly curation.
     tasks: list[str] = []
     if run("curation", day) and run("training", suite):
-        tasks, skipped = adapter_task_data(instance)
+        tasks, skipped = adapter_task_data(store, instance)
         for task, reason in skipped.items():
             print(f"lmforge demo: adapter task {task} skipped: {reason}", file=sys.stderr)
         for task in tasks:
             if not (run("adapters", task) and run("adapter_evaluation", adapter_eval_key(task, suite))):
+                failed = True
                 break
         else:
-            run("alignment", None)
+            failed = not run("alignment", None)
+    else:
+        failed = True
     elapsed = time.time() - started
-    artifacts = ArtifactStore().base()
-    for line in summary_lines(instance, artifacts, suite, tasks):
+    for line in summary_lines(instance, store.root_dir() / DEPLOYMENT, suite, tasks):
         print(line)
-    success = bool(results) and all(r.success for r in results) and len(results) == 3 + 2 * len(tasks)
-    print(f"{len(results)} runs {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s: "
-          + ", ".join(r.run_id[:8] for r in results))
+    success = not failed and all(r.success for r in results)
+    print(f"{len(results)} runs {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s"
+          + (": " + ", ".join(r.run_id[:8] for r in results) if results else " (all up to date)"))
     for result in results:
         for event in result.all_events:
             if event.is_failure:

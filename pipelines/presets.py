@@ -38,6 +38,13 @@ class Preset:
     ``pretrained_model`` come from the latest scaling fit in the artifact store, or from the
     published Chinchilla fit where there is none (``budget_config``); the preset's own
     ``pretrained_model`` config (device, micro_batch, seq_len, ...) applies on top."""
+    train_after_tokens: int = 1
+    """Automation pretrains again when the token shards hold at least this many more training
+    tokens than the last pretraining saw (the first pretraining runs as soon as there are shards)."""
+    retrain_tokenizer: bool = False
+    """Whether automation retrains the tokenizer when the corpus changes. Off: the tokenizer is
+    trained once per deployment and frozen (materialize it by hand to retrain, which makes the
+    next pretraining start from scratch)."""
     scaling_sweep: str = "gpu"
     """With ``flop_budget``: the sweep (``sweeps/<name>.yaml``) whose latest fit sizes the model,
     so a fit of CPU micro models never sizes a GPU run 7 orders of magnitude away."""
@@ -65,6 +72,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                               "micro_batch": 8, "max_new_tokens": 8, "arithmetic_max_value": 50},
                "arena_ratings": {"max_value": 50}}),
     Preset("gpt2-124m", "one GPU: GPT-2 small's size with Llama's blocks", suite="standard",
+           train_after_tokens=500_000_000,
            config=_on_gpu({
                "crawled_pages": {"max_pages": 200_000},
                "tokenizer": {"vocab_size": 32_768},
@@ -72,12 +80,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                                     "compile": True}})),
     Preset("chinchilla-1e18", "one GPU: the compute-optimal model for 1e18 FLOPs, its size and "
            "tokens from the latest scaling fit (or Chinchilla's)", suite="standard",
-           flop_budget=1e18, config=_on_gpu({
+           flop_budget=1e18, train_after_tokens=500_000_000, config=_on_gpu({
                "crawled_pages": {"max_pages": 200_000},
                "tokenizer": {"vocab_size": 32_768},
                "pretrained_model": {"device": "cuda", "compile": True, "seq_len": 1024,
                                     "micro_batch": 32}})),
     Preset("1b", "a node of GPUs, DeepSpeed ZeRO-2: Llama 3.2 1B's shape", suite="standard",
+           train_after_tokens=5_000_000_000,
            config=_on_gpu({
                "crawled_pages": {"max_pages": 2_000_000},
                "tokenizer": {"vocab_size": 65_536},
@@ -90,6 +99,11 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def deployment_name(preset: str) -> str:
+    """The asset key prefix and artifact directory of a preset's deployment."""
+    return preset.replace("-", "_")
 
 
 def job_name(kind: str, preset: str) -> str:
@@ -124,7 +138,10 @@ def budget_config(preset: Preset, root: str | None = None) -> dict[str, Any]:
     base = PretrainConfig(**{k: v for k, v in own.items() if k in PretrainConfig.model_fields})
     seq_len = base.seq_len or model_preset(base.preset).seq_len
     vocab = int(preset.config.get("tokenizer", {}).get("vocab_size", TokenizerConfig().vocab_size))
-    law, _ = current_law(root if root is not None else artifact_root(), preset.scaling_sweep)
+    from pathlib import Path
+
+    store_root = Path(root if root is not None else artifact_root()) / deployment_name(preset.name)
+    law, _ = current_law(store_root, preset.scaling_sweep)
     tokens_per_step = base.micro_batch * base.grad_accum * seq_len
     return budget_plan(preset.flop_budget, vocab, seq_len, tokens_per_step, law)["overrides"]
 
@@ -141,7 +158,12 @@ def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None,
         for asset_name, values in source.items():
             if assets is None or asset_name in assets:
                 ops.setdefault(asset_name, {}).update(values)
-    return {"ops": {name: {"config": values} for name, values in ops.items()}}
+    return {"ops": {op_name(preset, name): {"config": values} for name, values in ops.items()}}
+
+
+def op_name(preset: str, asset: str) -> str:
+    """The op that materializes ``asset`` in the deployment of ``preset`` (its run config key)."""
+    return f"{deployment_name(preset)}__{asset}"
 
 
 def validate_presets(asset_names: set[str], suites: set[str],

@@ -74,3 +74,31 @@ def engine_config(model: type[M], config: dg.Config, **overrides: Any) -> M:
     values = config.model_dump()
     values.update(overrides)
     return model(**values)
+
+
+def for_deployment(assets_def: dg.AssetsDefinition, op_prefix: str,
+                   values: dict[str, Any] | None = None) -> dg.AssetsDefinition:
+    """The same asset (or asset check) with its op named ``<op_prefix>__<name>`` (two
+    deployments' copies of one asset may not share an op name in one code location) and, when
+    ``values`` is given, those as the defaults of its run config: a deployment's settings, shown
+    in the launchpad and used by runs that automation starts (which carry no run config). A run
+    config still overrides any field."""
+    op = assets_def.node_def
+    schema = None
+    if values:
+        config_arg = op.compute_fn.get_config_arg() if hasattr(op.compute_fn, "get_config_arg") else None
+        if config_arg is None:
+            raise TypeError(f"{op.name} takes no config to set defaults on")
+        cls = config_arg.annotation
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"{op.name}: unknown config field(s) {unknown}")
+        fields = {}
+        for key, value in values.items():
+            field = cls.model_fields[key]
+            fields[key] = (field.annotation, pydantic.Field(default=value, description=field.description))
+        deployed = pydantic.create_model(cls.__name__, __base__=cls, **fields)  # type: ignore[call-overload]
+        schema = deployed.to_config_schema()
+    new_op = op.with_replaced_properties(name=f"{op_prefix}__{op.name}", config_schema=schema)
+    return type(assets_def).dagster_internal_init(**{**assets_def.get_attributes_dict(),
+                                                     "node_def": new_op})

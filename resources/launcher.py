@@ -46,6 +46,8 @@ class TrainingLauncher(dg.ConfigurableResource):
                                      launcher=self.launcher, hostfile=self.hostfile)
             context.log.info("launching: %s", " ".join(command))
             env = {"HF_HUB_OFFLINE": "1", **os.environ, **self.env}
+            if not self.hostfile:  # every process on this machine: it ends when this step does
+                env["LMFORGE_LAUNCHER_PID"] = str(os.getpid())
             client = dg.PipesSubprocessClient()
             invocation = client.run(context=context, command=command, env=env,
                                     extras={"config": json.loads(json.dumps(config, default=str))})

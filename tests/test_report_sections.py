@@ -43,3 +43,19 @@ def test_no_alignment_or_scaling_no_sections(tmp_path):
     root.mkdir()
     text = write_report(ReportInputs.from_artifacts(root, stages=[]), tmp_path / "r").path.read_text()
     assert "## Alignment" not in text and "## Scaling laws" not in text and "## Arena" not in text
+
+
+def test_release_section_shows_the_candidate_against_the_release(tmp_path):
+    inputs = ReportInputs(
+        release={"model_version": "aaa111", "suite": "smoke", "released_at": "2026-12-01T02:00:00Z"},
+        candidate={"version": "bbb222", "passed": False, "rows": [
+            {"task": "mmlu", "candidate": 0.24, "release": 0.26, "bound": ">= 2",
+             "verdict": "below 2"},
+            {"task": "gsm8k", "candidate": None, "release": None, "bound": "",
+             "verdict": "skipped: no mirror"}]})
+    text = write_report(inputs, tmp_path / "r").path.read_text()
+    section = text.split("## Release")[1].split("\n## ")[0]
+    assert "Released: `aaa111` on suite `smoke`" in section
+    assert "Candidate `bbb222` does not pass the gate" in section
+    assert "| mmlu | 0.24 | 0.26 | >= 2 | below 2 |" in section
+    assert "| gsm8k | – | – | – | skipped: no mirror |" in section

@@ -2,7 +2,7 @@
 
 Inputs are the files the stages already write (Parquet documents, ``metrics.jsonl``,
 ``summary.json`` of each training and evaluation), so the report can be rebuilt at any time
-from an artifact directory: ``lmforge report --artifacts artifacts --out artifacts/report``.
+from a deployment's artifact directory: ``lmforge report --artifacts artifacts/tiny --out report``.
 """
 
 from __future__ import annotations
@@ -31,37 +31,74 @@ class ReportInputs:
     alignment: dict[str, Path] = field(default_factory=dict)  # "dpo" / "reward model" / "grpo" -> run dir
     arena_dir: Path | None = None
     scaling_fit: Path | None = None  # the pointer to the latest scaling fit (scaling_fit/latest.json)
+    # The release (``released_model``): its release.json, and the candidate's evaluation summary
+    # on the release's suite with the gate's verdicts (``lmforge.evaluate.gate``).
+    release: dict | None = None
+    candidate: dict | None = None  # {"version", "rows": [{task, candidate, release, bound, verdict}], "passed"}
 
     @classmethod
     def from_artifacts(cls, root: Path, stages: list[str] | None = None) -> "ReportInputs":
-        """The layout the Dagster assets write (one directory per asset under ``root``); the
-        funnel follows the curation chain (``lmforge.curate.stages``) unless ``stages`` names
-        the document assets."""
+        """The layout the Dagster assets write under one deployment's directory (``root``:
+        ``artifacts/tiny``): one directory per asset, in it (per partition) one directory per
+        version, of which the newest is read; the funnel follows the curation chain
+        (``lmforge.curate.stages``) unless ``stages`` names the document assets."""
         from lmforge.curate.stages import stage_names
 
         root = Path(root)
         stages = stage_names() if stages is None else stages
-        adapters = sorted(d.parent.name for d in (root / "lora_adapter").glob("*/adapter"))
-        evaluations = {f"{model} ({d.name})": d
-                       for model in ("base", "sft")
-                       for d in sorted((root / f"{model}_model_eval").glob("*"))
-                       if (d / "summary.json").exists()}
-        evaluations.update({f"lora:{d.parent.name} ({d.name})": d
-                            for d in sorted((root / "lora_model_eval").glob("*/*"))
-                            if (d / "summary.json").exists()})
+        adapters = {}
+        for d in sorted(p for p in (root / "lora_adapter").glob("*") if p.is_dir()):
+            version = newest_version(d)
+            if (version / "adapter").is_dir():
+                adapters[d.name] = version / "adapter"
+        evaluations = {}
+        for model in ("base", "sft"):
+            for d in sorted(p for p in (root / f"{model}_model_eval").glob("*") if p.is_dir()):
+                results = _results_dir(newest_version(d))
+                if results is not None:
+                    evaluations[f"{model} ({d.name})"] = results
+        for d in sorted(p for p in (root / "lora_model_eval").glob("*") if p.is_dir()):
+            if "__" not in d.name:
+                continue
+            results = _results_dir(newest_version(d))
+            if results is not None:
+                task, suite = d.name.split("__", 1)
+                evaluations[f"lora:{task} ({suite})"] = results
+        alignment = {name: newest_version(root / asset) / "run" for name, asset in ALIGNMENT_RUNS.items()}
         return cls(
             funnel=[(s, root / s / "documents") for s in stages],  # every day's Parquet
-            tokenizer_dir=root / "tokenizer" / "tokenizer",
-            trainings={"pretrain": root / "pretrained_model" / "run",
-                       "sft": root / "sft_model" / "run",
-                       **{f"lora:{t}": root / "lora_adapter" / t / "adapter" for t in adapters},
-                       **{name: root / asset / "run" for name, asset in ALIGNMENT_RUNS.items()
-                          if (root / asset / "run" / "summary.json").exists()}},
+            tokenizer_dir=newest_version(root / "tokenizer") / "tokenizer",
+            trainings={"pretrain": newest_version(root / "pretrained_model") / "run",
+                       "sft": newest_version(root / "sft_model") / "run",
+                       **{f"lora:{t}": p for t, p in adapters.items()},
+                       **{name: run for name, run in alignment.items()
+                          if (run / "summary.json").exists()}},
             evaluations=evaluations,
-            alignment={name: root / asset / "run" for name, asset in ALIGNMENT_RUNS.items()},
-            arena_dir=root / "arena_ratings" / "arena",
+            alignment=alignment,
+            arena_dir=newest_version(root / "arena_ratings") / "arena",
             scaling_fit=root / "scaling_fit" / "latest.json",
         )
+
+
+def newest_version(asset_dir: Path) -> Path:
+    """The newest version directory (``version.json``'s ``created``) under ``asset_dir``, or
+    ``asset_dir`` itself when it holds no versions."""
+    best, best_created = Path(asset_dir), ""
+    for record in Path(asset_dir).glob("*/version.json"):
+        try:
+            created = str(json.loads(record.read_text()).get("created", ""))
+        except (OSError, ValueError):
+            continue
+        if created >= best_created:
+            best, best_created = record.parent, created
+    return best
+
+
+def _results_dir(version: Path) -> Path | None:
+    for candidate in (version / "results", version):
+        if (candidate / "summary.json").exists():
+            return candidate
+    return None
 
 
 # The alignment stages' names in the report -> their assets' directories.
@@ -76,6 +113,28 @@ _ALIGNMENT_FIGURES = {
              ("held-out mean reward (sampled)", "heldout_sampled_reward_before",
               "heldout_sampled_reward_after")],
 }
+
+
+def release_lines(inputs: "ReportInputs") -> list[str]:
+    """The release section: which version is released, and the latest candidate against it,
+    metric by metric, with the gate's verdict on each."""
+    if inputs.release is None and inputs.candidate is None:
+        return []
+    lines = ["## Release", ""]
+    if inputs.release is not None:
+        lines.append(f"Released: `{inputs.release.get('model_version', '?')}` on suite "
+                     f"`{inputs.release.get('suite', '?')}` at {inputs.release.get('released_at', '?')}.")
+    else:
+        lines.append("Nothing released yet.")
+    if inputs.candidate is not None:
+        verdict = "passes the gate" if inputs.candidate.get("passed") else "does not pass the gate"
+        lines += ["", f"Candidate `{inputs.candidate.get('version', '?')}` {verdict}:", "",
+                  "| task | candidate | release | bound | verdict |", "| --- | ---: | ---: | --- | --- |"]
+        for r in inputs.candidate.get("rows", []):
+            lines.append(f"| {r['task']} | {_fmt(r['candidate']) if r['candidate'] is not None else '–'} | "
+                         f"{_fmt(r['release']) if r['release'] is not None else '–'} | "
+                         f"{r['bound'] or '–'} | {r['verdict']} |")
+    return lines + [""]
 
 
 def alignment_lines(inputs: "ReportInputs") -> list[str]:
@@ -276,6 +335,7 @@ def write_report(inputs: ReportInputs, out_dir: Path) -> ReportStats:
     else:
         lines.append("No evaluation results.")
     lines.append("")
+    lines += release_lines(inputs)
     lines += alignment_lines(inputs)
     lines += scaling_lines(inputs)
 
@@ -293,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="lmforge report",
         description="Write the markdown report (data funnel, loss curves, evaluation table) of "
         "the artifacts of a pipeline run.")
-    parser.add_argument("--artifacts", default="artifacts",
-                        help="the artifact store directory of the run (default: artifacts)")
+    parser.add_argument("--artifacts", default="artifacts/tiny",
+                        help="a deployment's directory in the artifact store; the newest version "
+                        "of each asset is read (default: artifacts/tiny)")
     parser.add_argument("--out", default=None,
                         help="output directory (default: ARTIFACTS/pipeline_report)")
     args = parser.parse_args(argv)

@@ -111,6 +111,9 @@ class PretrainConfig(TrainConfig):
     data_dir: str = Field("", description="token shards: train.bin/.json, val.bin/.json")
     tokenizer_dir: str = Field("", description="Hugging Face tokenizer directory")
     out_dir: str = Field("", description="run directory (resumes if it holds a checkpoint)")
+    init_from: str = Field("", description="a Hugging Face model directory of the same shape and "
+                           "vocabulary to start from (continued pretraining: its weights, a fresh "
+                           "optimizer and warmup); empty: random initialisation")
     seq_len: int | None = Field(None, ge=8, description="context length (None: the preset's)")
     # The model's shape: the preset's, with any of these set on top, so a new size is a config,
     # not a new engine preset.

@@ -72,6 +72,22 @@ def _check(cfg: PretrainConfig):
     return tokenizer
 
 
+def _load_initial_weights(model, source: str) -> None:
+    """Continued pretraining: the weights of ``source`` (same shape and vocabulary), in place. A
+    checkpoint in the run directory still wins (resume), since training loads it afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        src = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - a missing or broken model directory
+        raise LmforgeError(f"init_from {source}: cannot load the model: {' '.join(str(e).split())[:200]}") from None
+    try:
+        model.load_state_dict(src.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise LmforgeError(f"init_from {source}: not the same shape or vocabulary as this run: "
+                           f"{' '.join(str(e).split())[:200]}") from None
+
+
 def pretrain(cfg: PretrainConfig) -> PretrainStats:
     """Train (or resume) one run; every rank calls this, rank 0 writes the outputs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before the tokenizer's first use
@@ -91,6 +107,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainStats:
     mconf = model_config(shape, len(tokenizer), bos_id=tokenizer.bos_token_id,
                          eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seq_len=seq_len)
     model = build_model(mconf, seed=cfg.seed)
+    if cfg.init_from:
+        _load_initial_weights(model, cfg.init_from)
 
     def batch_fn(step, micro, rank, world):
         return train_windows.batch(step, micro, cfg.micro_batch, cfg.grad_accum, rank, world)

@@ -27,6 +27,38 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+WATCH_PID_ENV = "LMFORGE_LAUNCHER_PID"
+
+
+def watch_launcher(interval: float = 2.0) -> None:
+    """End this process when the process that launched it is gone (``LMFORGE_LAUNCHER_PID``, set
+    by the Dagster launcher on the same machine): a run worker killed with SIGKILL must not leave
+    an orphan training that keeps writing into the version its retry resumes from. The exit is
+    immediate (as a kill would be): checkpoints are written atomically, so the retry resumes from
+    the last complete one."""
+    import threading
+
+    value = os.environ.get(WATCH_PID_ENV, "")
+    if not value.isdigit() or getattr(watch_launcher, "_started", False):
+        return
+    pid = int(value)
+
+    def watch() -> None:
+        import time
+
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(137)
+            except PermissionError:
+                pass  # alive, someone else's
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="lmforge-launcher-watch", daemon=True).start()
+    watch_launcher._started = True
+
+
 class Telemetry:
     """``with Telemetry(rank) as t: t.log("step 10 ..."); t.report({...})``."""
 
@@ -41,6 +73,7 @@ class Telemetry:
         return self.pipes is not None
 
     def __enter__(self) -> "Telemetry":
+        watch_launcher()
         if self.rank == 0 and os.environ.get("DAGSTER_PIPES_CONTEXT"):
             from dagster_pipes import open_dagster_pipes
 

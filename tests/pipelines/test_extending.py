@@ -32,20 +32,20 @@ SCRIPT = textwrap.dedent('''
     from pipelines.definitions import JOB_ASSETS, defs
     from pipelines.presets import run_config
     graph = defs.resolve_asset_graph()
-    key = dg.AssetKey("long_documents")
+    key = dg.AssetKey(["tiny", "long_documents"])
     result = defs.resolve_job_def("curation").execute_in_process(
         run_config=run_config("tiny", {"crawled_pages": {"max_pages": 12, "max_depth": 1},
                                        "long_documents": {"min_chars": int(sys.argv[3])}},
                               assets=JOB_ASSETS["curation"]),
         instance=dg.DagsterInstance.get(), raise_on_error=False, partition_key=sys.argv[4])
     decon = [r for r in result.get_asset_materialization_events()
-             if r.asset_key == dg.AssetKey("decontaminated_documents")]
+             if r.asset_key == dg.AssetKey(["tiny", "decontaminated_documents"])]
     out = {
         "success": result.success,
         "in_graph": key in graph.get_all_asset_keys(),
         "parents_of_decontamination": sorted(
-            k.to_user_string() for k in graph.get(dg.AssetKey("decontaminated_documents")).parent_keys),
-        "parents_of_stage": sorted(k.to_user_string() for k in graph.get(key).parent_keys),
+            k.path[-1] for k in graph.get(dg.AssetKey(["tiny", "decontaminated_documents"])).parent_keys),
+        "parents_of_stage": sorted(k.path[-1] for k in graph.get(key).parent_keys),
         "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
         "funnel": stages.stage_names(),
         "curation_job_has_it": "long_documents" in JOB_ASSETS["curation"],
@@ -87,7 +87,7 @@ def test_the_readme_stage_example_is_one_module_and_one_entry(tmp_path, monkeypa
     assert got["description"] == "remove documents shorter than min_chars characters"
 
     # It ran for real, with the run config's value, and the data downstream is its output.
-    art = tmp_path / "artifacts"
+    art = tmp_path / "artifacts" / "tiny"
     kept = pq.read_table(art / "long_documents" / "documents" / f"{DAY}.parquet")
     removed = pq.read_table(art / "long_documents" / "documents" / f"{DAY}.removed.parquet")
     assert all(len(t) >= 600 for t in kept.column("text").to_pylist())

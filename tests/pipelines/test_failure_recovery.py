@@ -27,7 +27,7 @@ def _materialize(selection, overrides=None):
     return defs.resolve_job_def("curation").execute_in_process(
         run_config=run_config("tiny", overrides, assets=set(selection) & JOB_ASSETS["curation"]),
         instance=dg.DagsterInstance.get(), raise_on_error=False, partition_key=DAY,
-        asset_selection=[dg.AssetKey(a) for a in selection])
+        asset_selection=[dg.AssetKey(["tiny", a]) for a in selection])
 
 
 @pytest.mark.slow
@@ -35,7 +35,7 @@ def test_a_failed_asset_keeps_the_last_good_output_and_its_retry_succeeds(tmp_pa
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     monkeypatch.setenv("LMFORGE_ARTIFACTS", str(tmp_path / "artifacts"))
     (tmp_path / "dagster").mkdir()
-    art = tmp_path / "artifacts"
+    art = tmp_path / "artifacts" / "tiny"
 
     first = _materialize(["crawled_pages", "extracted_documents", "filtered_documents"],
                          {"crawled_pages": {"max_pages": 12, "max_depth": 1}})
