@@ -84,20 +84,25 @@ def run(name: str, fn: Callable[[list[str]], int | None], argv: list[str]) -> in
     except LmforgeError as e:
         if debug:
             raise
-        print(f"lmforge {name}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(f"lmforge {name}: error: {_one_line(e)}")
     except OSError as e:
         if debug:
             raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"lmforge {name}: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
-        return 2
+        return _error(f"lmforge {name}: error: {e.strerror or _one_line(e)}{where}")
     except Exception as e:  # noqa: BLE001 - the promise is one line, whatever went wrong
         if debug:
             raise
-        print(f"lmforge {name}: error: {type(e).__name__}: {_one_line(e)} "
-              "(LMFORGE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
+        return _error(f"lmforge {name}: error: {type(e).__name__}: {_one_line(e)} "
+                      "(LMFORGE_DEBUG=1 shows the traceback)")
+
+
+def _error(line: str) -> int:
+    from lmforge.train.launch import report_error
+
+    print(line, file=sys.stderr)
+    report_error(line)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

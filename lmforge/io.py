@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
+from typing import Callable, TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping
 
 from lmforge.errors import LmforgeError, MissingInputError, OutputError
 
@@ -373,3 +373,45 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every object of a JSONL file (see :func:`iter_jsonl`)."""
     return [row for _, row in iter_jsonl(path)]
+
+
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def hold_dir_lock(path: str | os.PathLike, on_wait: Callable[[str], None] | None = None,
+                  poll: float = 2.0, say_every: float = 60.0) -> None:
+    """Hold an exclusive lock on directory ``path`` (``.lmforge.lock`` in it) until
+    :func:`release_dir_lock` or the process ends, waiting while another process holds it: two trainings never write one run directory at
+    once (a retry whose killed predecessor's training is still running waits for it to end, then
+    resumes from its last checkpoint). The kernel drops the lock when the holder dies, even by
+    SIGKILL. ``on_wait`` is told, now and then, who it waits for."""
+    import fcntl
+    import time
+
+    key = str(Path(path).resolve())
+    if key in _HELD_LOCKS:
+        return
+    lock_path = Path(path) / ".lmforge.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    said = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            now = time.monotonic()
+            if on_wait is not None and (said is None or now - said >= say_every):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                on_wait(f"waiting for the process that is writing {path} (pid {holder}) to end")
+                said = now
+            time.sleep(poll)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_LOCKS[key] = fd
+
+
+def release_dir_lock(path: str | os.PathLike) -> None:
+    """Let go of :func:`hold_dir_lock`'s lock on ``path`` (closing it; the file stays)."""
+    fd = _HELD_LOCKS.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)

@@ -104,6 +104,15 @@ class AdapterTasksWithData(AC):
                 frozenset(keys)))
 
 
+def _daily_assets(dep: str, daily) -> dg.AssetSelection:
+    """The deployment's day-partitioned assets (the crawl and the curation stages)."""
+    from assets.data import STAGES
+    from lmforge.curate.stages import stage_names
+
+    names = ["crawled_pages", *stage_names(STAGES)]
+    return dg.AssetSelection.assets(*[dg.AssetKey([dep, n]) for n in names])
+
+
 def _quiet() -> AC:
     return (~AC.any_deps_in_progress() & ~AC.in_progress()).with_label("nothing in progress")
 
@@ -113,8 +122,12 @@ def conditions_for(preset: Preset) -> dict[str, AC]:
     assets have none: the nightly schedule runs them, one day partition at a time."""
     from assets.partitions import ADAPTER_TASKS
 
+    from assets.partitions import DAILY
+
     dep = deployment_name(preset.name)
-    after = (AC.any_deps_updated() & _quiet()).with_label("an input changed")
+    # Every input present (a day-partitioned input counts as present: older days never are).
+    inputs_present = ~AC.any_deps_missing().ignore(_daily_assets(dep, DAILY))
+    after = (AC.any_deps_updated() & inputs_present & _quiet()).with_label("an input changed")
     tokenizer = AC.missing() & AC.any_deps_updated()
     if preset.retrain_tokenizer:
         tokenizer = AC.any_deps_updated()

@@ -33,7 +33,7 @@ import assets.scaling
 import assets.tokenizer
 import assets.training
 from pipelines.automation import conditions_for, deployment_sensor
-from pipelines.presets import (PRESETS, Preset, deployment_name, job_name, run_config,
+from pipelines.presets import (PRESETS, Preset, deployment_name, job_name, preset_config,
                                schedule_name, validate_presets)
 from resources import ArtifactStore, TrainingLauncher
 from resources.config import for_deployment
@@ -89,8 +89,7 @@ def asset_key(preset: str, name: str) -> dg.AssetKey:
 
 def _deployment_defaults(preset: Preset) -> dict[str, dict]:
     """Per asset: the preset's config, plus what each deployment sets for itself (its suite)."""
-    ops = run_config(preset.name)["ops"]
-    defaults = {name.split("__", 1)[1]: dict(values["config"]) for name, values in ops.items()}
+    defaults = {name: dict(values) for name, values in preset_config(preset).items()}
     for name in ("released_model", "pipeline_report"):
         defaults.setdefault(name, {})["suite"] = preset.suite
     return defaults
@@ -130,8 +129,8 @@ def deployment(preset: Preset, automation_interval: int = 30) -> tuple[list, lis
     return made, checks, jobs, schedules, sensors
 
 
-def build_definitions(presets: dict[str, Preset] | None = None,
-                      automation_interval: int = 30) -> dg.Definitions:
+def build_definitions(presets: dict[str, Preset] | None = None, automation_interval: int = 30,
+                      executor: dg.ExecutorDefinition | None = None) -> dg.Definitions:
     """The definitions of every deployment in ``presets`` (default: :data:`PRESETS`), their
     automation evaluated every ``automation_interval`` seconds."""
     all_assets, all_checks, all_jobs, all_schedules, all_sensors = [], [], [], [], []
@@ -143,7 +142,7 @@ def build_definitions(presets: dict[str, Preset] | None = None,
         all_schedules += sc
         all_sensors += se
     return dg.Definitions(assets=all_assets, asset_checks=all_checks, jobs=all_jobs,
-                          schedules=all_schedules, sensors=all_sensors,
+                          schedules=all_schedules, sensors=all_sensors, executor=executor,
                           resources={"store": ArtifactStore(), "launcher": TrainingLauncher()})
 
 

@@ -146,18 +146,26 @@ def budget_config(preset: Preset, root: str | None = None) -> dict[str, Any]:
     return budget_plan(preset.flop_budget, vocab, seq_len, tokens_per_step, law)["overrides"]
 
 
-def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None,
-               assets: set[str] | None = None) -> dict[str, Any]:
-    """The Dagster run config of a preset, with per-asset ``overrides`` merged on top, limited
-    to ``assets`` (the assets of the job it is for) when given. A preset with a FLOP budget gets
-    ``pretrained_model``'s shape and steps from :func:`budget_config` first."""
-    chosen = get_preset(preset)
+def preset_config(chosen: Preset, overrides: dict[str, dict[str, Any]] | None = None,
+                  assets: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per asset, the config of a preset (a preset with a FLOP budget gets ``pretrained_model``'s
+    shape and steps from :func:`budget_config` first), with ``overrides`` merged on top, limited
+    to ``assets`` when given: ``{asset: {field: value}}``."""
     ops: dict[str, dict[str, Any]] = {}
     budgeted = {"pretrained_model": budget_config(chosen)} if chosen.flop_budget else {}
     for source in (budgeted, chosen.config, overrides or {}):
         for asset_name, values in source.items():
             if assets is None or asset_name in assets:
                 ops.setdefault(asset_name, {}).update(values)
+    return ops
+
+
+def run_config(preset: str, overrides: dict[str, dict[str, Any]] | None = None,
+               assets: set[str] | None = None) -> dict[str, Any]:
+    """The Dagster run config of a preset, with per-asset ``overrides`` merged on top, limited
+    to ``assets`` (the assets of the job it is for) when given. (The preset's own settings are
+    already its assets' config defaults; a run config is for changing them.)"""
+    ops = preset_config(get_preset(preset), overrides, assets)
     return {"ops": {op_name(preset, name): {"config": values} for name, values in ops.items()}}
 
 

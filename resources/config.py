@@ -96,6 +96,11 @@ def for_deployment(assets_def: dg.AssetsDefinition, op_prefix: str,
         fields = {}
         for key, value in values.items():
             field = cls.model_fields[key]
+            try:
+                pydantic.TypeAdapter(field.annotation).validate_python(value)
+            except pydantic.ValidationError as e:
+                reason = e.errors()[0]["msg"] if e.errors() else str(e)
+                raise ValueError(f"{op.name}: {key}={value!r}: {reason}") from None
             fields[key] = (field.annotation, pydantic.Field(default=value, description=field.description))
         deployed = pydantic.create_model(cls.__name__, __base__=cls, **fields)  # type: ignore[call-overload]
         schema = deployed.to_config_schema()

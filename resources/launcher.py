@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import dagster as dg
+from dagster._core.errors import DagsterPipesExecutionError
 from pydantic import Field
 
 from lmforge.io import write_json
@@ -41,6 +42,8 @@ class TrainingLauncher(dg.ConfigurableResource):
         run_config = Path(config_path).with_name(
             f"{Path(config_path).stem}.{context.run_id[:8]}.json")
         write_json(run_config, config)
+        errors = run_config.with_suffix(".errors")
+        errors.unlink(missing_ok=True)
         try:
             command = launch.command(module, str(run_config), nproc=self.nproc,
                                      launcher=self.launcher, hostfile=self.hostfile)
@@ -48,9 +51,17 @@ class TrainingLauncher(dg.ConfigurableResource):
             env = {"HF_HUB_OFFLINE": "1", **os.environ, **self.env}
             if not self.hostfile:  # every process on this machine: it ends when this step does
                 env["LMFORGE_LAUNCHER_PID"] = str(os.getpid())
+            env["LMFORGE_ERROR_FILE"] = str(errors)
             client = dg.PipesSubprocessClient()
-            invocation = client.run(context=context, command=command, env=env,
-                                    extras={"config": json.loads(json.dumps(config, default=str))})
+            try:
+                invocation = client.run(context=context, command=command, env=env,
+                                        extras={"config": json.loads(json.dumps(config, default=str))})
+            except DagsterPipesExecutionError as e:
+                said = errors.read_text().strip().splitlines() if errors.exists() else []
+                if said:  # the process's own one-line error, not only "failed with code 2"
+                    raise dg.Failure(description=said[-1]) from e
+                raise
             return invocation.get_materialize_result()
         finally:
             run_config.unlink(missing_ok=True)
+            errors.unlink(missing_ok=True)

@@ -1,10 +1,11 @@
 """Real services for the tests that run Dagster as a deployment does.
 
-- `postgres_server` (fixture) / `running_postgres()`: a throwaway PostgreSQL cluster (Debian's
-  postgresql package): initdb in a private temporary directory, pg_ctl start listening on
-  127.0.0.1 only (plus a private unix socket for administration), a password-protected role and
-  a database for Dagster; stopped and deleted afterwards. Run as the `postgres` user when the
-  tests run as root (the server refuses root), as the current user otherwise.
+- `postgres_server` (fixture, one per module) / `running_postgres()`: a throwaway PostgreSQL
+  cluster (Debian's postgresql package): initdb in a private temporary directory, the server
+  listening on 127.0.0.1 only (plus a private unix socket for administration), a role with a
+  password and a database for Dagster; stopped and deleted afterwards, and killed with the test
+  process if that dies first. Run as the `postgres` user when the tests run as root (the server
+  refuses root), as the current user otherwise.
 - `dagster_instance_dir()`: a DAGSTER_HOME whose dagster.yaml is deploy/dagster.yaml with only
   the named keys changed (polling intervals, for speed).
 - `dagster_daemon()`: `dagster-daemon run -w <workspace>` in its own process group, logging to a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import importlib.util
 import os
 import secrets
 import shutil
@@ -30,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -56,27 +58,28 @@ FAST_POLLING_ENV: dict[str, str] = {}
 
 
 def postgres_bin_dir() -> Path | None:
-    """Where initdb and pg_ctl are: Debian's /usr/lib/postgresql/<newest>/bin, else PATH."""
+    """Where initdb and postgres are: Debian's /usr/lib/postgresql/<newest>/bin, else PATH."""
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                       key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
-    if versions:
-        return Path(versions[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
+    candidates = [Path(v).parent for v in reversed(versions)]
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).parent)
+    for bindir in candidates:
+        if all((bindir / tool).exists() for tool in ("initdb", "postgres", "pg_isready", "psql")):
+            return bindir
+    return None
 
 
 def postgres_skip_reason() -> str | None:
     if postgres_bin_dir() is None:
-        return "PostgreSQL server binaries (initdb, pg_ctl) not installed (apt-get install postgresql)"
+        return "PostgreSQL server binaries (initdb, postgres) not installed (apt-get install postgresql)"
     if os.geteuid() == 0:
         try:
             import pwd
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no `postgres` user to run the server as"
-    try:
-        import psycopg2  # noqa: F401  (dagster-postgres's driver)
-    except ImportError:
+    if importlib.util.find_spec("psycopg2") is None:  # dagster-postgres's driver
         return "psycopg2 not installed (pip install dagster-postgres)"
     return None
 
@@ -100,7 +103,22 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.db}"
+        return f"postgresql+psycopg2://{self.user}:{self.password}@{self.host}:{self.port}/{self.db}"
+
+    def create_database(self, name: str) -> "PostgresServer":
+        """Another database on this server, owned by the same role: the same server with
+        `db` set to it."""
+        import psycopg2
+
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user,
+                                password=self.password, dbname=self.db)
+        try:
+            conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return replace(self, db=name)
 
 
 def _free_loopback_port() -> int:
@@ -109,15 +127,49 @@ def _free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent(sig: int):
+    """A preexec_fn: the child gets `sig` when the process that started it dies, so a test
+    process killed outright (a CI timeout) leaves no server behind. Set after the switch to the
+    postgres user, which would clear it."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+    def set_death_signal() -> None:
+        if prctl(1, int(sig)) != 0:  # PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return set_death_signal
+
+
+PG_PREFIX = "lmforge-pg-"
+
+
+def _sweep_dead_clusters(older_than: float = 600) -> None:
+    """Delete what a killed test process left in the temporary directory: clusters of ours whose
+    server is gone (and that are not being created right now)."""
+    for root in Path(tempfile.gettempdir()).glob(PG_PREFIX + "*"):
+        try:
+            if time.time() - root.stat().st_mtime < older_than:
+                continue
+            pid_file = root / "data" / "postmaster.pid"
+            pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(root, ignore_errors=True)
+
+
 @contextmanager
 def running_postgres(db: str = "dagster", user: str = "dagster") -> Iterator[PostgresServer]:
-    """A PostgreSQL server for one test: loopback TCP with a password, and a private socket."""
+    """A PostgreSQL server for one test: loopback TCP with a password, and a private socket.
+    The server is this process's child and dies with it."""
     bindir = postgres_bin_dir()
     assert bindir is not None, postgres_skip_reason()
+    _sweep_dead_clusters()
     as_root = os.geteuid() == 0
-    run_as = {"user": "postgres", "group": "postgres"} if as_root else {}
+    run_as = {"user": "postgres", "group": "postgres", "extra_groups": []} if as_root else {}
     # Not under pytest's tmp_path: its parents are private to root, and the server runs as postgres.
-    root = Path(tempfile.mkdtemp(prefix="lmforge-pg-"))
+    root = Path(tempfile.mkdtemp(prefix=PG_PREFIX))
     data, sock, log = root / "data", root / "sock", root / "server.log"
     sock.mkdir()
     superuser_password, password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -126,15 +178,15 @@ def running_postgres(db: str = "dagster", user: str = "dagster") -> Iterator[Pos
         for p in (root, sock, root / "pwfile"):
             shutil.chown(p, "postgres", "postgres")
 
-    def pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def pg(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(bindir / args[0]), *args[1:]], cwd=root, capture_output=True,
                               text=True, timeout=60, **run_as)
-        if check and proc.returncode != 0:
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()} {tail}")
+        if proc.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()} "
+                               f"{_tail(log)}")
         return proc
 
-    started = False
+    server = None
     try:
         # Local socket: trust (only postgres can open the directory); TCP: a password.
         pg("initdb", "-D", str(data), "-U", "postgres", "--pwfile", str(root / "pwfile"),
@@ -142,31 +194,61 @@ def running_postgres(db: str = "dagster", user: str = "dagster") -> Iterator[Pos
            "--no-sync", "--no-instructions")
         for attempt in range(3):
             port = _free_loopback_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off "
-                    "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200")
-            proc = pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "30",
-                      "start", check=False)
-            if proc.returncode == 0:
-                started = True
+            with open(log, "ab") as out:
+                # SIGQUIT: immediate shutdown, the data is thrown away anyway.
+                server = subprocess.Popen(
+                    [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
+                     "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                     "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
+                     "-c", "max_connections=200"],
+                    cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent(signal.SIGQUIT), **run_as)
+            if _wait_ready(bindir, sock, port, server):
                 break
-            if attempt == 2 or "could not bind" not in (log.read_text() if log.exists() else ""):
-                raise RuntimeError(f"pg_ctl start failed: {proc.stderr.strip()} "
-                                   f"{log.read_text()[-2000:] if log.exists() else ''}")
+            server.wait(timeout=10)
+            server = None
+            if attempt == 2 or "could not bind" not in _tail(log):
+                raise RuntimeError(f"postgres did not start: {_tail(log)}")
         pg("psql", "-h", str(sock), "-p", str(port), "-U", "postgres", "-d", "postgres",
-           "-v", "ON_ERROR_STOP=1", "-q", "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'",
+           "-v", "ON_ERROR_STOP=1", "-q",
+           "-c", f"CREATE ROLE {user} LOGIN CREATEDB PASSWORD '{password}'",
            "-c", f"CREATE DATABASE {db} OWNER {user}")
         yield PostgresServer(host="127.0.0.1", port=port, user=user, password=password, db=db,
                              socket_dir=sock, data_dir=data, log=log)
     finally:
-        if started:
-            pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
+        if server is not None:
+            server.send_signal(signal.SIGQUIT)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def _wait_ready(bindir: Path, sock: Path, port: int, server: subprocess.Popen,
+                timeout: float = 30) -> bool:
+    """True once the server accepts connections; False if it exited (a port taken meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            return False
+        ready = subprocess.run([str(bindir / "pg_isready"), "-q", "-h", str(sock), "-p", str(port),
+                                "-U", "postgres"], capture_output=True, timeout=30)
+        if ready.returncode == 0:
+            return True
+        time.sleep(0.1)
+    raise RuntimeError(f"postgres not ready in {timeout:.0f}s")
 
 
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One server per test module (a cluster starts in about two seconds; a test takes a
-    database of its own with `create_database` where it needs one)."""
+    """One server per test module (a cluster starts in about two seconds); a test that needs a
+    database of its own takes one with `postgres_server.create_database(name)`."""
     reason = postgres_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -258,6 +340,11 @@ def _kill_if_same(ident: tuple[int, str], sig: int) -> None:
             pass
 
 
+_ROUTINE = ("Priority sorting and checking tag concurrency limits", "runs for monitoring",
+            "Checking run ", "Not checking for any runs", "Checking for new runs for sensor",
+            "No active schedules", "No active sensors", "Poll queued runs")
+
+
 @dataclass
 class DaemonProcess:
     proc: subprocess.Popen
@@ -265,8 +352,10 @@ class DaemonProcess:
     env: dict[str, str] = field(repr=False)
 
     def log_tail(self, chars: int = 4000) -> str:
+        """The end of the daemon's log, without the lines every idle loop writes."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return text[-chars:]
+        lines = [line for line in text.splitlines() if not any(n in line for n in _ROUTINE)]
+        return "\n".join(lines)[-chars:]
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -274,20 +363,19 @@ class DaemonProcess:
                                  f"{self.log_tail()}")
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM to the daemon's process group, then SIGKILL to whatever of its process tree
-        is left (a run worker that moved to its own session included)."""
-        if self.proc.poll() is not None:
-            return
+        """SIGTERM to the daemon's process group; once the daemon has exited (or after `grace`),
+        SIGKILL to whatever of its process tree is left (one that left the group included)."""
         tree = [i for p in process_tree(self.proc.pid) if (i := _identity(p)) is not None]
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_identity(i[0]) == i for i in tree):
-            self.proc.poll()
-            time.sleep(0.2)
-        try:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:  # the daemon stops its threads; its code servers would wait a minute for calls
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # the group outlives its leader: this reaches what a dead daemon left behind
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -318,7 +406,9 @@ def dagster_daemon(dagster_home: Path, workspace: Path, env: Mapping[str, str] |
     with open(log, "ab") as out:
         proc = subprocess.Popen([*_daemon_executable(), "run", "-w", str(workspace)], cwd=REPO,
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                # its code servers follow it once their heartbeats stop
+                                preexec_fn=_die_with_parent(signal.SIGTERM))
     daemon = DaemonProcess(proc, log, full_env)
     try:
         with _env(full_env), dg.DagsterInstance.get() as instance:
@@ -447,17 +537,20 @@ def runs_for(instance, job_name: str | None = None, tags: Mapping[str, str] | No
 
 
 def wait_for_retry(instance, run_id: str, timeout: float = 60, daemon: DaemonProcess | None = None):
-    """The run the daemon's run retries started for `run_id` (tag dagster/parent_run_id)."""
+    """The run the daemon's run retries started for `run_id` (tag dagster/parent_run_id). Fails
+    at once when the failed run says it will not be retried (tag dagster/will_retry false)."""
     deadline = time.monotonic() + timeout
     while True:
         children = runs_for(instance, tags={"dagster/parent_run_id": run_id})
         if children:
             return children[0]
+        will_retry = instance.get_run_by_id(run_id).tags.get("dagster/will_retry")
         if daemon is not None:
             daemon.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no retry of {run_id} after {timeout:.0f}s\n"
-                                 f"{describe_run(instance, run_id)}\n"
+        if will_retry == "false" or time.monotonic() > deadline:
+            why = ("the run is tagged dagster/will_retry=false" if will_retry == "false" else
+                   f"none after {timeout:.0f}s (dagster/will_retry={will_retry})")
+            raise AssertionError(f"no retry of {run_id}: {why}\n{describe_run(instance, run_id)}\n"
                                  + (f"daemon log:\n{daemon.log_tail()}" if daemon else ""))
         time.sleep(0.5)
 
@@ -471,7 +564,8 @@ def step_intervals(instance, run_id: str, finished: bool = True) -> dict[str, tu
     for e in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START,
                                                DagsterEventType.STEP_SUCCESS,
                                                DagsterEventType.STEP_FAILURE}):
-        (starts if e.dagster_event.event_type == DagsterEventType.STEP_START else ends)[e.step_key] = e.timestamp
+        is_start = e.dagster_event.event_type == DagsterEventType.STEP_START
+        (starts if is_start else ends)[e.step_key] = e.timestamp
     return {k: (starts[k], ends.get(k)) for k in starts if k in ends or not finished}
 
 
@@ -501,14 +595,33 @@ def worker_pid(instance, run_id: str, step_key: str | None = None, timeout: floa
         time.sleep(0.2)
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def kill_run_worker(instance, run_id: str, step_key: str | None = None, sig: int = signal.SIGKILL,
-                    tree: bool = True, daemon: DaemonProcess | None = None) -> list[int]:
+                    tree: bool = True, command_contains: str | None = None, timeout: float = 60,
+                    daemon: DaemonProcess | None = None) -> list[int]:
     """Kill the run's worker, or the process executing `step_key`, with `sig` (SIGKILL: what
-    the OOM killer or a preempted node does). With `tree`, its descendants too (a training the
-    step launched through Pipes), children first, as they would all go with their machine.
-    Returns the pids killed."""
-    pid = worker_pid(instance, run_id, step_key, daemon=daemon)
-    pids = process_tree(pid) if tree else [pid]
+    the OOM killer or a lost node does). With `tree`, its descendants too, children first, as
+    they would all go with their machine. With `command_contains`, only the processes of that
+    tree whose command line contains it (the training a step launched through Pipes: what the
+    OOM killer picks), waiting up to `timeout` for one to appear. Returns the pids killed."""
+    root = worker_pid(instance, run_id, step_key, timeout=timeout, daemon=daemon)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = process_tree(root) if tree or command_contains else [root]
+        if command_contains:
+            pids = [p for p in pids if p != root and command_contains in command_line(p)]
+        if pids:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no process with {command_contains!r} under pid {root} of run "
+                                 f"{run_id} in {timeout:.0f}s\n{describe_run(instance, run_id)}")
+        time.sleep(0.1)
     for p in reversed(pids):
         try:
             os.kill(p, sig)

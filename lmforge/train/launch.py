@@ -84,6 +84,21 @@ def training_parser(prog: str, description: str | None, config_cls,
     return p
 
 
+ERROR_FILE_ENV = "LMFORGE_ERROR_FILE"
+
+
+def report_error(line: str) -> None:
+    """Also write a process's one-line error to ``$LMFORGE_ERROR_FILE`` when its launcher set it
+    (the Dagster launcher shows it as the step's failure, not only in the process's stderr)."""
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        try:
+            with open(path, "a") as f:
+                f.write(line.rstrip("\n") + "\n")
+        except OSError:
+            pass
+
+
 def run_cli(module: str, config_cls, fn, parser: argparse.ArgumentParser, argv) -> int:
     """Shared by pretrain / sft / lora: parse, validate, re-launch for --nproc > 1, or run here.
     A bad flag, config file or input is one line and exit status 2 (``lmforge.cli.run``)."""
@@ -97,6 +112,8 @@ def run_cli(module: str, config_cls, fn, parser: argparse.ArgumentParser, argv) 
             return relaunch(module, cfg.model_dump_json(), cfg.out_dir, args.nproc, args.launcher)
         fn(cfg)
     except (LmforgeError, FileNotFoundError, ValueError) as e:
-        print(f"{parser.prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        line = f"{parser.prog}: error: {' '.join(str(e).split())}"
+        print(line, file=sys.stderr)
+        report_error(line)
         return 2
     return 0

@@ -171,7 +171,24 @@ def evaluate(engine, eval_batches: Iterable[Batch], cfg: TrainConfig, dist: Dist
     return evaluate_objective(engine, eval_batches, cfg, dist, objective)[0]
 
 
-def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
+def train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, **kwargs) -> TrainResult:
+    """:func:`_train`, holding the run directory's lock on rank 0: one training per run directory
+    at a time (the retry of a run whose worker was killed waits for an orphaned training still
+    writing there, then resumes from its last checkpoint)."""
+    from lmforge.io import hold_dir_lock, release_dir_lock
+
+    dist = kwargs["dist"]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if dist.rank != 0:
+        return _train(model, cfg, out_dir, **kwargs)
+    hold_dir_lock(out_dir, on_wait=kwargs["telemetry"].log)
+    try:
+        return _train(model, cfg, out_dir, **kwargs)
+    finally:
+        release_dir_lock(out_dir)
+
+
+def _train(model: torch.nn.Module, cfg: TrainConfig, out_dir: str | Path, *,
           batch_fn: Callable[[int, int, int, int], Batch],
           eval_fn: Callable[[int, int], Iterable[Batch]] | None,
           dist: Dist, telemetry: Telemetry, flops_per_token: float = 0.0,

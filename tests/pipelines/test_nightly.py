@@ -73,10 +73,14 @@ def nightly(postgres_server, tmp_path_factory):
     with dagster_daemon(home, workspace, env=env,
                         ready=("QUEUED_RUN_COORDINATOR", "SCHEDULER", "SENSOR")) as daemon:
         with _env(daemon.env), dg.DagsterInstance.get() as instance:
-            deadline = time.monotonic() + CHAIN_TIMEOUT
+            started = time.monotonic()
+            deadline = started + CHAIN_TIMEOUT
             quiet_since = None
             while True:
                 daemon.check_alive()
+                if time.monotonic() - started > 150 and not instance.get_runs(limit=1):
+                    raise AssertionError("the schedule started no run in 150 s; daemon log:\n"
+                                         + daemon.log_tail())
                 failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
                 if failed:
                     raise AssertionError("\n".join(describe_run(instance, r.run_id, 30) for r in failed)

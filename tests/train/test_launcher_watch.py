@@ -58,3 +58,42 @@ def test_without_a_launcher_pid_nothing_is_watched():
                           capture_output=True, text=True, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "LMFORGE_LAUNCHER_PID"})
     assert proc.returncode == 0 and "ready" in proc.stdout
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from lmforge.io import hold_dir_lock
+    hold_dir_lock(sys.argv[1])
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_a_second_training_on_one_run_directory_waits_for_the_first(tmp_path):
+    """The lock a training holds on its run directory: another process waits (saying for whom)
+    until the holder ends, even when the holder is killed with SIGKILL."""
+    from lmforge.io import hold_dir_lock, release_dir_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    said = []
+    import threading
+
+    def kill_soon():
+        time.sleep(1.5)
+        holder.send_signal(signal.SIGKILL)
+
+    threading.Thread(target=kill_soon).start()
+    started = time.monotonic()
+    hold_dir_lock(tmp_path, on_wait=said.append, poll=0.2)
+    waited = time.monotonic() - started
+    release_dir_lock(tmp_path)
+    holder.wait()
+    assert waited >= 1.0, "did not wait for the holder"
+    assert said and f"(pid {holder.pid})" in said[0] and str(tmp_path) in said[0]
+    # Free now: taken at once.
+    started = time.monotonic()
+    hold_dir_lock(tmp_path)
+    assert time.monotonic() - started < 1.0
+    release_dir_lock(tmp_path)

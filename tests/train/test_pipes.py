@@ -9,10 +9,12 @@ import json
 import os
 import subprocess
 
+import dagster as dg
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR, encode_env_var
 
 from lmforge.train.launch import command
 from lmforge.train.pretrain import PretrainConfig
+from resources import TrainingLauncher
 
 
 def test_pretrain_under_pipes_reports_progress_and_metadata(shards_dir, tokenizer_dir, tmp_path):
@@ -50,3 +52,25 @@ def test_pretrain_under_pipes_reports_progress_and_metadata(shards_dir, tokenize
     assert base64.b64decode(metadata["loss_curve"].split(",", 1)[1][:-1]) == png.read_bytes()
     assert report["metadata"]["loss_curve_path"] == {"raw_value": str(png), "type": "path"}
     assert "loss_curve" not in summary  # the picture is for the UI; summary.json stays small
+
+
+def test_a_training_that_fails_fails_its_step_with_its_own_one_line_error(shards_dir, tokenizer_dir,
+                                                                          tmp_path):
+    """Through the TrainingLauncher, a training that stops before it opens Pipes (too little
+    validation data for one window) fails the asset with the process's own error line, not
+    only "failed with code 2"."""
+    cfg = PretrainConfig(data_dir=str(shards_dir), tokenizer_dir=str(tokenizer_dir),
+                         out_dir=str(tmp_path / "run"), seq_len=100_000, max_steps=2, device="cpu")
+
+    @dg.asset
+    def failing(context, launcher: TrainingLauncher):
+        return launcher.run(context, "lmforge.train.pretrain", cfg.model_dump(mode="json"),
+                            tmp_path / "config.json")
+
+    result = dg.materialize([failing], resources={"launcher": TrainingLauncher()},
+                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "lmforge pretrain: error:" in message and "fewer than one window" in message, message
+    assert not list(tmp_path.glob("config.*.errors")) and not list(tmp_path.glob("config.*.json"))
