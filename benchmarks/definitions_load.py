@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         from lmforge.crawl.crawler import crawl
         from lmforge.crawl.local_site import serve_python_docs
 
-        warcs = tmp / "artifacts" / "crawled_pages" / day
+        warcs = tmp / "artifacts" / "tiny" / "crawled_pages" / day
         with serve_python_docs() as url:
             crawl(CrawlConfig(seeds=[url], max_pages=args.pages), warcs)
         step = _median([py, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions",
-                        "--select", "extracted_documents", "--partition", day], args.repeats, env)
+                        "--select", "tiny/extracted_documents", "--partition", day], args.repeats, env)
         engine = _median([py, "-m", "lmforge.cli", "extract", str(warcs),
                           str(tmp / "direct" / "docs.parquet")], args.repeats, env)
     print()

@@ -104,12 +104,14 @@ class AdapterTasksWithData(AC):
                 frozenset(keys)))
 
 
-def _daily_assets(dep: str, daily) -> dg.AssetSelection:
-    """The deployment's day-partitioned assets (the crawl and the curation stages)."""
+def _partitioned_assets(dep: str) -> dg.AssetSelection:
+    """The deployment's partitioned assets: the crawl and the curation stages (by day), the
+    adapters (by task), the evaluations (by suite, by task and suite)."""
     from assets.data import STAGES
     from lmforge.curate.stages import stage_names
 
-    names = ["crawled_pages", *stage_names(STAGES)]
+    names = ["crawled_pages", *stage_names(STAGES), "lora_adapter", "base_model_eval",
+             "sft_model_eval", "lora_model_eval"]
     return dg.AssetSelection.assets(*[dg.AssetKey([dep, n]) for n in names])
 
 
@@ -122,15 +124,17 @@ def conditions_for(preset: Preset) -> dict[str, AC]:
     assets have none: the nightly schedule runs them, one day partition at a time."""
     from assets.partitions import ADAPTER_TASKS
 
-    from assets.partitions import DAILY
-
     dep = deployment_name(preset.name)
-    # Every input present (a day-partitioned input counts as present: older days never are).
-    inputs_present = ~AC.any_deps_missing().ignore(_daily_assets(dep, DAILY))
-    after = (AC.any_deps_updated() & inputs_present & _quiet()).with_label("an input changed")
-    tokenizer = AC.missing() & AC.any_deps_updated()
+    # Every unpartitioned input present. A partitioned input counts as present: older days, the
+    # suites a deployment does not run and the tasks without data never are.
+    inputs_present = ~AC.any_deps_missing().ignore(_partitioned_assets(dep))
+    # An input changed since this asset was last requested or materialized: remembered across
+    # ticks, so an update made while another input was still in progress is not forgotten.
+    updated = AC.any_deps_updated().since_last_handled()
+    after = (updated & inputs_present & _quiet()).with_label("an input changed")
+    tokenizer = AC.missing() & updated
     if preset.retrain_tokenizer:
-        tokenizer = AC.any_deps_updated()
+        tokenizer = updated
     conditions: dict[str, AC] = {
         "tokenizer": (tokenizer & _quiet()).with_label(
             "retrain when the corpus changes" if preset.retrain_tokenizer else "once, then frozen"),
@@ -142,8 +146,8 @@ def conditions_for(preset: Preset) -> dict[str, AC]:
         "base_model_eval": after & InPartitions([preset.suite]),
         "sft_model_eval": after & InPartitions([preset.suite]),
         "released_model": (AC.any_deps_match(AC.newly_updated()).allow(
-            dg.AssetSelection.assets(dg.AssetKey([dep, "sft_model_eval"]))) & _quiet()
-            ).with_label("its evaluation changed"),
+            dg.AssetSelection.assets(dg.AssetKey([dep, "sft_model_eval"]))).since_last_handled()
+            & _quiet()).with_label("its evaluation changed"),
         "lora_adapter": after & AdapterTasksWithData(dep),
         "lora_model_eval": after & InPartitions(
             [f"{t}|{preset.suite}" for t in ADAPTER_TASKS.get_partition_keys()]),

@@ -111,13 +111,14 @@ class ArtifactStore(dg.ConfigurableResource):
                                "materialization yet: materialize it first")
         return version.joinpath(*parts)
 
-    def latest(self, name: str, partition: str | None = None, _own: bool = False) -> Path | None:
+    def latest(self, name: str, partition: str | None = None, _own: bool = False,
+               instance: dg.DagsterInstance | None = None) -> Path | None:
         """The version directory of ``name``'s latest materialization (of ``partition``), or
         None. Inside the run that materializes ``name``: this run's new version."""
         ctx = _current_context()
         if ctx is not None and _own and _is_materializing(ctx, name):
             return self._new_version(ctx, name)
-        return self.materialized_version(name, partition)
+        return self.materialized_version(name, partition, instance)
 
     def materialized_version(self, name: str, partition: str | None = None,
                              instance: dg.DagsterInstance | None = None) -> Path | None:

@@ -61,7 +61,11 @@ def _done(instance) -> bool:
     if instance.get_latest_materialization_event(key("released_model")) is None:
         return False
     evaluated = {str(p) for p in instance.get_materialized_partitions(key("lora_model_eval"))}
-    return {"math|smoke", "signatures|smoke"} <= evaluated
+    if not {"math|smoke", "signatures|smoke"} <= evaluated:
+        return False
+    report = instance.get_latest_materialization_event(key("pipeline_report"))
+    arena = instance.get_latest_materialization_event(key("arena_ratings"))
+    return report is not None and report.timestamp > arena.timestamp
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +372,7 @@ def test_new_settings_a_new_version_and_a_failed_gate_keeps_the_release(nightly)
     (suites / "smoke.yaml").write_text(smoke)
     os.environ["LMFORGE_EVAL_SUITES_DIR"] = str(suites)
     try:
-        result = run(["sft_model", "sft_model_eval", "released_model"], {"sft_model": {"max_steps": 3}})
+        result = run(["sft_model", "sft_model_eval", "released_model"], {})
     finally:
         del os.environ["LMFORGE_EVAL_SUITES_DIR"]
     assert not result.success
