@@ -1,5 +1,5 @@
 """The code location of the nightly test (test_nightly.py): the real graph, the `tiny` deployment
-alone, with smaller sizes (fewer pages and steps, so the whole chain runs in minutes on two
+alone, with fewer pretraining, SFT and GRPO steps (so the whole chain runs in minutes on two
 cores), automation evaluated every 5 seconds, each run in one process, and a schedule that ticks every minute instead of
 at 02:00 (the same curation job and partition the nightly schedule starts)."""
 
@@ -12,12 +12,11 @@ from pipelines.definitions import build_definitions
 from pipelines.presets import PRESETS
 
 SMALL = {
-    "crawled_pages": {"max_pages": 80, "max_depth": 2},
     "pretrained_model": {"max_steps": 40, "eval_every": 20},
     "sft_model": {"max_steps": 12},
-    "lora_adapter": {"max_steps": 12},
-    # preference pairs, the reward model and DPO at the tiny preset's sizes: their blocking
-    # checks need enough held-out pairs to beat chance.
+    # The crawl, the adapters, preference pairs, the reward model and DPO at the tiny preset's
+    # sizes: the adapters' comparison needs held-out signatures, and the blocking checks of the
+    # reward model and DPO enough held-out pairs to beat chance.
     "grpo_model": {"max_steps": 8},
     "arena_ratings": {"num_prompts": 16},
 }

@@ -376,8 +376,10 @@ def test_new_settings_a_new_version_and_a_failed_gate_keeps_the_release(nightly)
     finally:
         del os.environ["LMFORGE_EVAL_SUITES_DIR"]
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_failure and "released_model" in (e.step_key or ""))
-    assert "release gate failed: mmlu below 2" in failure.message
+    failure = next(e for e in result.all_events if e.is_step_failure and "released_model" in e.step_key)
+    data = failure.step_failure_data
+    said = (data.user_failure_data.description if data.user_failure_data else "") or data.error.message
+    assert "release gate failed: mmlu below 2" in said, said
     assert latest("released_model") == released
     assert Path(json.loads((released / "release.json").read_text())["source"]) == release_source
     assert latest("sft_model") != release_source
