@@ -163,7 +163,9 @@ def dagster_ui(dagster_home: Path, *, workspace: Path = REPO / "workspace.yaml",
     host = ["-h", "127.0.0.1", "-p", str(port)]
     command = ([_executable("dagster"), "dev", "-w", str(workspace), *host] if daemon
                else [_executable("dagster-webserver"), "-w", str(workspace), *host])
-    full_env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(dagster_home),
+    from services import clean_environ
+
+    full_env = {**clean_environ(), **(env or {}), "DAGSTER_HOME": str(dagster_home),
                 "DAGSTER_DISABLE_TELEMETRY": "1"}
     log = log or Path(dagster_home) / "ui.log"
     with open(log, "ab") as out:

@@ -393,6 +393,18 @@ def _daemon_executable() -> list[str]:
     return [found]
 
 
+# What an earlier test in this process may have left in os.environ (an in-process training sets
+# LOCAL_RANK; Accelerate, inside an evaluation, then takes the run worker for one rank of a
+# distributed launch): never handed to the daemon, its runs or the UI.
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                   "MASTER_ADDR", "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
+
+
+def clean_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in DISTRIBUTED_ENV and not k.startswith(("TORCHELASTIC_", "ACCELERATE_"))}
+
+
 @contextmanager
 def dagster_daemon(dagster_home: Path, workspace: Path, env: Mapping[str, str] | None = None,
                    log: Path | None = None, ready: Sequence[str] = ("QUEUED_RUN_COORDINATOR",),
@@ -401,7 +413,7 @@ def dagster_daemon(dagster_home: Path, workspace: Path, env: Mapping[str, str] |
     reported a heartbeat; stopped with all its processes (code servers, run workers) on exit."""
     import dagster as dg
 
-    full_env = {**os.environ, **FAST_POLLING_ENV, **(env or {}), "DAGSTER_HOME": str(dagster_home)}
+    full_env = {**clean_environ(), **FAST_POLLING_ENV, **(env or {}), "DAGSTER_HOME": str(dagster_home)}
     log = log or Path(dagster_home) / "daemon.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([*_daemon_executable(), "run", "-w", str(workspace)], cwd=REPO,

@@ -14,9 +14,11 @@ from pipelines.presets import PRESETS
 SMALL = {
     "pretrained_model": {"max_steps": 40, "eval_every": 20},
     "sft_model": {"max_steps": 12},
-    # The crawl, the adapters, preference pairs, the reward model and DPO at the tiny preset's
+    # Half the tiny preset's problems, two answers each (the on-policy sampling was 4 of the
+    # chain's 11 minutes); the crawl, the adapters, the reward model and DPO at the tiny preset's
     # sizes: the adapters' comparison needs held-out signatures, and the blocking checks of the
     # reward model and DPO enough held-out pairs to beat chance.
+    "preference_pairs": {"limit": 200, "samples": 2},
     "grpo_model": {"max_steps": 8},
     "arena_ratings": {"num_prompts": 16},
 }

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from services import (DaemonProcess, _env, dagster_daemon, dagster_instance_dir, describe_run,
+from services import (DaemonProcess, _env, clean_environ, dagster_daemon, dagster_instance_dir, describe_run,
                       postgres_server, step_intervals, workspace_file)
 
 import browser
@@ -74,8 +75,11 @@ def nightly(postgres_server, tmp_path_factory):
     home = dagster_instance_dir(tmp)
     workspace = workspace_file(tmp, LOCATION, "lmforge_nightly")
     env = {**postgres_server.env(), "LMFORGE_ARTIFACTS": str(tmp / "artifacts"), "HF_HUB_OFFLINE": "1"}
-    with dagster_daemon(home, workspace, env=env,
-                        ready=("QUEUED_RUN_COORDINATOR", "SCHEDULER", "SENSOR")) as daemon:
+    with pytest.MonkeyPatch.context() as mp, \
+            dagster_daemon(home, workspace, env=env,
+                           ready=("QUEUED_RUN_COORDINATOR", "SCHEDULER", "SENSOR")) as daemon:
+        for name in set(os.environ) - set(clean_environ()):
+            mp.delenv(name)  # the in-process runs below evaluate too (see services.clean_environ)
         with _env(daemon.env), dg.DagsterInstance.get() as instance:
             started = time.monotonic()
             deadline = started + CHAIN_TIMEOUT

@@ -64,7 +64,8 @@ def test_budget_preset_takes_its_shape_from_the_fit(tmp_path, monkeypatch):
     preset = PRESETS["chinchilla-1e18"]
     assert preset.flop_budget == 1e18 and not preset.schedule_running
     monkeypatch.setenv("LMFORGE_ARTIFACTS", str(tmp_path))
-    cfg = run_config("chinchilla-1e18")["ops"]["pretrained_model"]["config"]
+    op = "chinchilla_1e18__pretrained_model"  # the op of the preset's deployment
+    cfg = run_config("chinchilla-1e18")["ops"][op]["config"]
     assert cfg["device"] == "cuda" and cfg["micro_batch"] == 32 and cfg["seq_len"] == 1024
     shape = shape_for_params(1, 1, 1).__class__(
         d_model=cfg["d_model"], n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
@@ -75,13 +76,17 @@ def test_budget_preset_takes_its_shape_from_the_fit(tmp_path, monkeypatch):
     assert abs(6 * n * tokens / 1e18 - 1) < 0.01
     # A fit of another sweep (the CPU micro sweep) does not size a GPU preset.
     data_hungry = LossLaw(E=1.69, A=406.4, B=4107.0, alpha=0.34, beta=0.28)
-    _write_fit(tmp_path, data_hungry, sweep="tiny")
-    assert run_config("chinchilla-1e18")["ops"]["pretrained_model"]["config"] == cfg
+    # Fits live in the deployment's own directory of the store.
+    own = tmp_path / "chinchilla_1e18"
+    _write_fit(own, data_hungry, sweep="tiny")
+    assert run_config("chinchilla-1e18")["ops"][op]["config"] == cfg
     # A fit of the preset's sweep decides: a law whose data term is 10x larger wants a smaller
     # model trained on more tokens.
     assert preset.scaling_sweep == "gpu"
-    _write_fit(tmp_path, data_hungry, name="v2", sweep="gpu")
-    fitted = run_config("chinchilla-1e18")["ops"]["pretrained_model"]["config"]
+    _write_fit(tmp_path / "tiny", data_hungry, name="v2", sweep="gpu")  # another deployment's
+    assert run_config("chinchilla-1e18")["ops"][op]["config"] == cfg
+    _write_fit(own, data_hungry, name="v2", sweep="gpu")
+    fitted = run_config("chinchilla-1e18")["ops"][op]["config"]
     assert fitted == budget_config(preset, str(tmp_path)) | {
         k: cfg[k] for k in ("device", "compile", "micro_batch", "seq_len")}
     assert data_hungry.optimal(1e18)[0] < HOFFMANN.optimal(1e18)[0] / 2
