@@ -26,24 +26,33 @@ from pipelines.presets import Preset, deployment_name
 AC = dg.AutomationCondition
 
 
-class InPartitions(AC):
+class _Stateless(AC):
+    """A condition that reads the instance as it is now, and keeps no cursor between ticks."""
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+
+def _only(context, keys) -> dg.AutomationResult:
+    """The candidate partitions whose key is one of ``keys``."""
+    return dg.AutomationResult(
+        context, true_subset=context.candidate_subset.compute_intersection_with_partition_keys(
+            frozenset(str(k) for k in keys)))
+
+
+class InPartitions(_Stateless):
     """True for the candidate partitions whose key is one of ``keys``."""
 
     def __init__(self, keys):
         self.keys = frozenset(str(k) for k in keys)
 
     @property
-    def requires_cursor(self) -> bool:
-        return False
-
-    @property
     def description(self) -> str:
         return f"partition in {sorted(self.keys)}"
 
     def evaluate(self, context):
-        return dg.AutomationResult(
-            context, true_subset=context.candidate_subset.compute_intersection_with_partition_keys(
-                self.keys))
+        return _only(context, self.keys)
 
 
 def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
@@ -54,17 +63,13 @@ def _latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
             for k, v in records[0].event_log_entry.asset_materialization.metadata.items()}
 
 
-class EnoughNewTokens(AC):
+class EnoughNewTokens(_Stateless):
     """True when ``token_shards`` holds at least ``threshold`` more training tokens than the last
     ``pretrained_model`` trained on (its ``data_train_tokens``), or when there is no pretrained
     model yet and there are shards."""
 
     def __init__(self, deployment: str, threshold: int):
         self.deployment, self.threshold = deployment, int(threshold)
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
 
     @property
     def description(self) -> str:
@@ -81,15 +86,11 @@ class EnoughNewTokens(AC):
             context, true_subset=context.candidate_subset if enough else context.get_empty_subset())
 
 
-class AdapterTasksWithData(AC):
+class AdapterTasksWithData(_Stateless):
     """True for the adapter tasks the latest ``sft_conversations`` built data for."""
 
     def __init__(self, deployment: str):
         self.deployment = deployment
-
-    @property
-    def requires_cursor(self) -> bool:
-        return False
 
     @property
     def description(self) -> str:
@@ -98,10 +99,7 @@ class AdapterTasksWithData(AC):
     def evaluate(self, context):
         instance = context.asset_graph_view.instance
         tasks = _latest_metadata(instance, dg.AssetKey([self.deployment, "sft_conversations"]))
-        keys = [str(t) for t in (tasks.get("tasks") or [])]
-        return dg.AutomationResult(
-            context, true_subset=context.candidate_subset.compute_intersection_with_partition_keys(
-                frozenset(keys)))
+        return _only(context, tasks.get("tasks") or [])
 
 
 def _partitioned_assets(dep: str) -> dg.AssetSelection:
