@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
+
+from lmforge.train.launch import free_port
 
 
 @dataclass
@@ -21,12 +22,6 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_distributed(device: str = "auto") -> Dist:
@@ -62,7 +57,7 @@ def init_distributed(device: str = "auto") -> Dist:
         # asserts) goes into os.environ: a child process must not mistake itself for a rank.
         os.environ.setdefault("LOCAL_RANK", "0")
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                                   init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+                                   init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         rank, world, local_rank = 0, 1, 0
     if device == "cuda":
         torch.cuda.set_device(local_rank)

@@ -34,7 +34,8 @@ def report_run(out_dir: Path, stats: dict, dist: Dist, telemetry: Telemetry, tit
 
 def gathered_module(engine):
     """A context in which every rank sees full parameters (ZeRO-3 gathers them; a no-op below,
-    and for the plain engine)."""
+    and for the plain engine). For small parameter sets (a LoRA adapter): the whole model this way
+    would be on every rank at once."""
     if engine.zero_optimization_stage() == 3:
         import deepspeed
 
@@ -42,20 +43,42 @@ def gathered_module(engine):
     return nullcontext()
 
 
+def zero3_state_dict(engine, dist: Dist) -> dict[str, Any] | None:
+    """The full state dict of a ZeRO-3 ``engine.module`` on rank 0's CPU (None on the others),
+    gathered one parameter at a time: no rank ever holds more than the model's largest parameter
+    beyond its own partition, and only rank 0 keeps the copies. Every rank must call this (each
+    gather is collective). Tied weights stay one tensor under each of their names, as in the
+    module's own state dict."""
+    import deepspeed
+
+    state: dict[str, Any] = {}
+    gathered: dict[int, Any] = {}
+    for name, value in engine.module.state_dict(keep_vars=True).items():
+        if not hasattr(value, "ds_id"):  # a buffer: ZeRO does not partition those
+            state[name] = value.detach().cpu().clone() if dist.rank == 0 else None
+            continue
+        if value.ds_id not in gathered:
+            with deepspeed.zero.GatheredParameters([value], modifier_rank=None):
+                gathered[value.ds_id] = value.detach().cpu().clone() if dist.rank == 0 else None
+        state[name] = gathered[value.ds_id]
+    return state if dist.rank == 0 else None
+
+
 def save_hf_model(engine, out: Path, dist: Dist, tokenizer_dir: str | Path | None = None,
                   records: dict[str, Any] | None = None, **save_kwargs) -> None:
     """Rank 0 writes ``engine.module`` with ``save_pretrained`` (plus the tokenizer's files and
     ``records``, JSON files such as ``TrainResult.records``: what the weights were trained from)
     to ``out`` and commits it by one rename, so the weights and their records change together;
-    every rank must call this (ZeRO-3 gathers collectively)."""
-    with gathered_module(engine):
-        if dist.rank == 0:
-            with atomic_path(out, "dir") as tmp:
-                engine.module.save_pretrained(str(tmp), **save_kwargs)
-                if tokenizer_dir is not None:
-                    copy_tokenizer_files(tokenizer_dir, tmp)
-                for name, obj in (records or {}).items():
-                    (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    every rank must call this (ZeRO-3's parameters are gathered onto rank 0, collectively)."""
+    if engine.zero_optimization_stage() == 3:
+        save_kwargs = {**save_kwargs, "state_dict": zero3_state_dict(engine, dist)}
+    if dist.rank == 0:
+        with atomic_path(out, "dir") as tmp:
+            engine.module.save_pretrained(str(tmp), **save_kwargs)
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(tokenizer_dir, tmp)
+            for name, obj in (records or {}).items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     barrier(dist)
 
 

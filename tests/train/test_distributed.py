@@ -77,7 +77,8 @@ def test_launch_commands(tmp_path):
     assert command("lmforge.train.pretrain", cfg, 1, "python") == [
         sys.executable, "-m", "lmforge.train.pretrain", "--config", str(cfg)]
     tr = command("lmforge.train.sft", cfg, 4, "torchrun")
-    assert tr[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=4" in tr
+    assert tr[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc-per-node=4" in tr
+    assert "--standalone" in tr
     assert tr[-4:] == ["-m", "lmforge.train.sft", "--config", str(cfg)]
     ds = command("lmforge.train.lora", cfg, 8, "deepspeed")
     assert "deepspeed.launcher.runner" in ds and "--num_gpus=8" in ds and "--no_local_rank" in ds
