@@ -17,6 +17,10 @@ class CrawledPagesConfig(dagster_config(CrawlConfig, "CrawlRunConfig")):
         default_factory=list,
         description="Existing WARC files to take instead of crawling (Common Crawl segments): "
         "local paths, directories, file:// or http(s) URLs. When set, no crawl runs.")
+    warc_workers: int = Field(
+        default=4, ge=1,
+        description="WARC files imported at once (threads); the import's manifest is written "
+        "once per 4 x warc_workers files")
 
 
 def crawl_dir(store: ArtifactStore, day: str):
@@ -38,7 +42,7 @@ def crawled_pages(context: dg.AssetExecutionContext, config: CrawledPagesConfig,
     out_dir = crawl_dir(store, context.partition_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.warc_sources:
-        stats = import_warcs(config.warc_sources, out_dir)
+        stats = import_warcs(config.warc_sources, out_dir, workers=config.warc_workers)
         if stats.failures:
             context.log.warning("%d WARC sources failed: %s", len(stats.failures),
                                 stats.failures_by_reason)

@@ -31,6 +31,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.data import CURATED, curated_corpus
+from assets.tokenizer import token_shards_data
 from lmforge.paths import REPO_ROOT
 from lmforge.scaling import sweep as sw
 from lmforge.scaling.budget import LATEST
@@ -101,7 +102,7 @@ def _sweep_assets(name: str, path: Path) -> dict:
             tokenizer, data = sw.prepare_data(curated_corpus(store), out_root / "data",
                                               current.vocab_size)
         else:
-            data, tokenizer = store.path("token_shards", "shards"), store.path("tokenizer", "tokenizer")
+            data, tokenizer = token_shards_data(store), store.path("tokenizer", "tokenizer")
         vocab = sw.checked_vocab_size(current, tokenizer)
         plan = sw.plan_run(current, run_id, vocab)
         cfg = sw.pretrain_config(current, run_id, vocab, data, tokenizer, sw.run_dir(out_root, run_id))

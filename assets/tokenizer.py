@@ -1,12 +1,15 @@
 """Tokenizer and token shards: the curated corpus turned into training input."""
 
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets.data import CURATED, curated_corpus
+from lmforge.errors import LmforgeError
 from lmforge.io import read_json
 from lmforge.tokenize.bpe import TokenizerConfig, train_tokenizer
-from lmforge.tokenize.shards import ShardConfig, tokenize_documents
+from lmforge.tokenize.shards import ShardConfig, tokenize_days
 from resources import ArtifactStore, dagster_config, engine_config
 
 TokenizerRunConfig = dagster_config(TokenizerConfig, "TokenizerRunConfig")
@@ -21,22 +24,43 @@ def corpus_path(store: ArtifactStore):
     return curated_corpus(store)
 
 
-@dg.asset(code_version="bpe-1", group_name="tokenizer", kinds={"huggingface"},
+@dg.asset(code_version="bpe-2", group_name="tokenizer", kinds={"huggingface"},
           deps=[CURATED])
 def tokenizer(config: TokenizerRunConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """A byte-level BPE tokenizer with chat special tokens and a ChatML template."""
+    """A byte-level BPE tokenizer with chat special tokens and a ChatML template, trained on a
+    bounded sample of the curated days (`sample_bytes`)."""
     out = store.path("tokenizer", "tokenizer")
     stats = train_tokenizer(corpus_path(store), out, engine_config(TokenizerConfig, config))
     return dg.MaterializeResult(metadata=stats.to_metadata())
 
 
-@dg.asset(code_version="shards-1", group_name="tokenizer", kinds={"numpy"}, deps=[tokenizer])
+@dg.asset(code_version="shards-2", group_name="tokenizer", kinds={"numpy"}, deps=[tokenizer])
 def token_shards(config: TokenShardsConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """Train and validation token arrays, memory-mapped by the training processes."""
+    """Train and validation token arrays, memory-mapped by the training processes: one shard
+    set per curated day, kept in `token_shards/days/` and reused while the tokenizer and the
+    day's documents are the same (a new day tokenizes only that day); the version lists them."""
     out = store.path("token_shards", "shards")
-    stats = tokenize_documents(corpus_path(store), store.path("tokenizer", "tokenizer"), out,
-                               engine_config(ShardConfig, config))
+    stats = tokenize_days(corpus_path(store), store.path("tokenizer", "tokenizer"),
+                          store.fixed_path("token_shards", "days"), out,
+                          engine_config(ShardConfig, config))
     return dg.MaterializeResult(metadata=stats.to_metadata())
+
+
+def token_shards_data(store: ArtifactStore):
+    """The latest token_shards version as training reads it: its list of day shard sets, each
+    of them in place (on a remote root, fetched into the cache with the version)."""
+    from lmforge.tokenize.shards import SHARD_LIST
+
+    shards = store.path("token_shards", "shards")
+    listing = shards / SHARD_LIST
+    if listing.is_file():
+        for entry in read_json(listing)["days"]:
+            # days/<tokenizer>/<day>/<input key>, as tokenize_days lays them out
+            parts = Path(entry["dir"]).parts[-3:]
+            if ".." in parts:
+                raise LmforgeError(f"{listing}: {entry['dir']!r} is not a day shard directory")
+            store.fixed_path("token_shards", "days", *parts)
+    return shards
 
 
 @dg.asset_check(asset=tokenizer, blocking=True)

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from assets.data import CURATED, curated_corpus
 from assets.partitions import ADAPTER_TASKS
+from assets.tokenizer import token_shards_data
 from lmforge.io import read_json
 from lmforge.train.lora import LoraConfig
 from lmforge.train.pretrain import PretrainConfig
@@ -106,7 +107,7 @@ def pretrained_model(context: dg.AssetExecutionContext, config: PretrainedModelC
     if continue_from == "release":
         init_from, why = release_ancestor(store, PretrainConfig(**values))
     context.log.info("pretraining %s", f"from {init_from}" if init_from else f"from scratch ({why})")
-    shards = store.path("token_shards", "shards")
+    shards = token_shards_data(store)
     cfg = PretrainConfig(**values, data_dir=str(shards), init_from=init_from,
                          tokenizer_dir=str(store.path("tokenizer", "tokenizer")),
                          out_dir=str(store.path("pretrained_model", "run")))

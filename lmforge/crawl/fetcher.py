@@ -1,6 +1,7 @@
-"""The crawl itself: a breadth-first frontier, asyncio workers over aiohttp, per-host politeness
-(robots.txt, Crawl-delay, a concurrency cap), fetching with retries, a size cap and redirects
-followed by hand, and every outcome recorded (WARC records or failures.jsonl)."""
+"""The crawl itself: a frontier on disk (``frontier.Frontier``: per-host queues, shallowest
+first), asyncio workers over aiohttp, per-host politeness (robots.txt, Crawl-delay, a concurrency
+cap), fetching with retries, a size cap and redirects followed by hand, and every outcome
+recorded (WARC records or failures.jsonl, and the URL's row in the frontier)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,9 +20,11 @@ import aiohttp
 
 from lmforge.io import atomic_path
 from lmforge.crawl.crawl_config import FAILURES_FILE, RETRY_STATUSES, CrawlConfig, CrawlStats
+from lmforge.crawl.frontier import Frontier
 from lmforge.crawl.robots import _robots_allow_all, _robots_disallow_all, _robots_from_text, _Robots
 from lmforge.crawl.urls import decode_html, extract_links, host_allowed, looks_like_html, normalize_url
-from lmforge.crawl.warc_io import _Fetched, _Stored, _WarcOut
+from lmforge.crawl.warc_io import _Fetched, _WarcOut
+
 
 class _Failure(Exception):
     def __init__(self, reason: str, detail: str = "", status: int | None = None, attempts: int = 1):
@@ -38,27 +42,39 @@ class _Host:
 
 
 class _Crawler:
-    def __init__(self, cfg: CrawlConfig, out_dir: Path, stored: dict[str, _Stored]):
-        self.cfg, self.out_dir, self.stored = cfg, out_dir, stored
+    def __init__(self, cfg: CrawlConfig, out_dir: Path, frontier: Frontier):
+        self.cfg, self.out_dir, self.frontier = cfg, out_dir, frontier
         self.domains = cfg.domains()
-        self.stats = CrawlStats(pages_already_stored=sum(1 for s in stored.values() if s.redirect_to is None))
+        self.stats = CrawlStats(pages_already_stored=frontier.stored_pages())
         self.failures: list[dict[str, Any]] = []
-        self.queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
-        self.seen: set[str] = set()
-        self.deferred: list[tuple[str, int]] = []
-        self.in_flight = 0
+        self.buffer: deque[tuple[str, int]] = deque()  # taken from the frontier, not yet visited
+        self.in_flight = 0  # fetches holding budget
+        self.busy = 0  # visits running (they may queue links)
+        self.changed = asyncio.Event()
         self.hosts: dict[str, _Host] = {}
-        self.warc = _WarcOut(out_dir, cfg.warc_max_bytes, cfg.user_agent)
+        self.warc = _WarcOut(out_dir, cfg.warc_max_bytes, cfg.user_agent,
+                             before_commit=frontier.flush)
         self.session: aiohttp.ClientSession | None = None
         self.last_progress = 0.0
 
     # -- frontier
 
     def enqueue(self, url: str, depth: int) -> None:
-        if url in self.seen or depth > self.cfg.max_depth or not host_allowed(url, self.domains):
-            return
-        self.seen.add(url)
-        self.queue.put_nowait((url, depth))
+        # Links past max_depth are kept too (not fetched): a later run with a larger max_depth
+        # goes on from them.
+        if host_allowed(url, self.domains):
+            self.frontier.add(url, depth)
+
+    def next_url(self) -> tuple[str, int] | None:
+        if not self.buffer:
+            self.buffer.extend(self.frontier.take(2 * self.cfg.concurrency, self.cfg.max_depth,
+                                                  self.cfg.per_host_concurrency))
+        return self.buffer.popleft() if self.buffer else None
+
+    def notify(self) -> None:
+        """Wake the workers waiting for a URL or for budget."""
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     def budget_left(self) -> int:
         return (self.cfg.max_pages - self.stats.pages_already_stored - self.stats.pages_fetched
@@ -66,6 +82,7 @@ class _Crawler:
 
     def fail(self, url: str, reason: str, detail: str = "", status: int | None = None,
              attempts: int = 0) -> None:
+        self.frontier.mark_failed(url)
         self.stats.failures_by_reason[reason] = self.stats.failures_by_reason.get(reason, 0) + 1
         self.failures.append({"url": url, "reason": reason, "detail": detail[:500], "status": status,
                               "attempts": attempts, "time": _now_iso()})
@@ -86,21 +103,14 @@ class _Crawler:
                 self.enqueue(seed, 0)
             workers = [asyncio.create_task(self.worker()) for _ in range(self.cfg.concurrency)]
             try:
-                while True:
-                    await self.queue.join()
-                    # URLs put aside while in-flight fetches held the budget: if some of those
-                    # fetches failed, there is budget again for them.
-                    if self.deferred and self.budget_left() > 0:
-                        for item in self.deferred:
-                            self.queue.put_nowait(item)
-                        self.deferred = []
-                        continue
-                    break
+                await asyncio.gather(*workers)
             finally:
                 for w in workers:
                     w.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
                 self.warc.close()
+                # What was taken but not fetched waits for the next run.
+                self.frontier.release_taken()
                 self.stats.elapsed_s = time.monotonic() - start
                 self.stats.warc_files = [str(p) for p in self.warc.finished]
                 self._write_failures()
@@ -115,27 +125,26 @@ class _Crawler:
         self.stats.failures_path = str(path)
 
     async def worker(self) -> None:
+        """Visit URLs until none is left or the budget is spent. While fetches in flight hold
+        the rest of the budget, wait: if some of them fail, there is budget again."""
         while True:
-            url, depth = await self.queue.get()
+            item = self.next_url() if self.budget_left() > 0 else None
+            if item is None:
+                if self.busy == 0:  # nothing runs that could queue a URL or free budget
+                    self.notify()
+                    return
+                await self.changed.wait()
+                continue
+            self.busy += 1
             try:
-                await self.visit(url, depth)
+                await self.visit(*item)
             except Exception as e:  # one bad page never stops the crawl; it is recorded
-                self.fail(url, "error", f"{type(e).__name__}: {e}")
+                self.fail(item[0], "error", f"{type(e).__name__}: {e}")
             finally:
-                self.queue.task_done()
+                self.busy -= 1
+                self.notify()
 
     async def visit(self, url: str, depth: int) -> None:
-        if url in self.stored:  # resume: stored by an earlier run, follow its links from disk
-            s = self.stored[url]
-            if s.redirect_to:
-                self.enqueue(s.redirect_to, depth)
-            for link in s.links:
-                self.enqueue(link, depth + 1)
-            return
-        if self.budget_left() <= 0:
-            if self.in_flight > 0:
-                self.deferred.append((url, depth))
-            return
         self.in_flight += 1
         try:
             result = await self.fetch_following_redirects(url, depth)
@@ -156,7 +165,7 @@ class _Crawler:
         if now - self.last_progress >= 5:
             self.last_progress = now
             print(f"crawl: {self.stats.pages_fetched} pages, {self.stats.bytes / 1e6:.1f} MB, "
-                  f"{self.stats.failures} failures, {self.queue.qsize()} queued", file=sys.stderr)
+                  f"{self.stats.failures} failures, {self.frontier.queued()} queued", file=sys.stderr)
 
     async def fetch_following_redirects(self, url: str, depth: int) -> tuple[str, _Fetched] | None:
         """Fetch ``url``, following redirects by hand so that each hop is stored and checked."""
@@ -168,6 +177,8 @@ class _Crawler:
             except _Failure as f:
                 self.fail(current, f.reason, f.detail, f.status, f.attempts)
                 return None
+            if page.warc:
+                self.frontier.mark_stored(current, page.warc, 200 <= page.status < 300, depth)
             if not (300 <= page.status < 400):
                 return current, page
             self.stats.redirects += 1
@@ -189,10 +200,9 @@ class _Crawler:
             if not host_allowed(target, self.domains):
                 self.fail(url, "redirect_offsite", target, page.status)
                 return None
-            if target in self.seen or target in self.stored:
-                self.enqueue(target, depth)  # fetched, queued or stored on its own
+            if self.frontier.known(target):  # fetched, queued or stored on its own
                 return None
-            self.seen.add(target)
+            self.frontier.claim(target, depth)
             chain.append(target)
             current = target
 
@@ -301,7 +311,7 @@ class _Crawler:
                 body=body, truncated=truncated, content_type=ctype, date=_now_iso())
             req_headers = list(r.request_info.headers.items())
         if page.status < 400:
-            self.warc.write_exchange(url, req_headers, page)
+            page.warc = self.warc.write_exchange(url, req_headers, page)
         return page
 
 

@@ -10,9 +10,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urljoin, urlsplit
-
-from typing import TYPE_CHECKING
 
 from lmforge.errors import LmforgeError
 from lmforge.io import temp_name_prefix
@@ -35,13 +34,16 @@ class _Fetched:
     truncated: bool
     content_type: str        # MIME type only, lower case
     date: str                # ISO 8601, when the response arrived
+    warc: str = ""           # the WARC file it was written into ("" when not stored)
 
 
 @dataclass
 class _Stored:
-    """What an earlier run stored for one URL: its links, or where it redirected."""
+    """What an earlier run stored for one URL: its links, or where it redirected, and in which
+    WARC file."""
     links: list[str]
     redirect_to: str | None = None
+    warc: str = ""
 
 
 def warc_files(out_dir: str | os.PathLike) -> list[Path]:
@@ -81,17 +83,21 @@ def _load_stored_file(path: Path, stored: dict[str, _Stored]) -> None:
             if 300 <= status < 400:
                 loc = rec.http_headers.get_header("Location")
                 with contextlib.suppress(ValueError):
-                    stored[url] = _Stored([], normalize_url(urljoin(url, loc or "")))
+                    stored[url] = _Stored([], normalize_url(urljoin(url, loc or "")), path.name)
             elif 200 <= status < 300:
                 ctype = rec.http_headers.get_header("Content-Type")
-                stored[url] = _Stored(extract_links(rec.content_stream().read(), url, ctype))
+                stored[url] = _Stored(extract_links(rec.content_stream().read(), url, ctype),
+                                      warc=path.name)
 
 
 class _WarcOut:
-    """Appends records to a hidden temporary WARC; ``close()`` renames it into place."""
+    """Appends records to a hidden temporary WARC; ``close()`` renames it into place, after
+    ``before_commit()`` (the frontier writes what it knows of the file's records first)."""
 
-    def __init__(self, out_dir: Path, max_bytes: int, user_agent: str):
+    def __init__(self, out_dir: Path, max_bytes: int, user_agent: str,
+                 before_commit: Callable[[], None] = lambda: None):
         self.out_dir, self.max_bytes, self.user_agent = out_dir, max_bytes, user_agent
+        self.before_commit = before_commit
         self.finished: list[Path] = []
         self._fh: io.BufferedWriter | None = None
         self._writer: WARCWriter | None = None
@@ -112,12 +118,15 @@ class _WarcOut:
                 "robots": "obey", "operator": "lmforge"}
         self._writer.write_record(self._writer.create_warcinfo_record(self._final.name, info))
 
-    def write_exchange(self, url: str, request_headers: list[tuple[str, str]], response: "_Fetched") -> None:
+    def write_exchange(self, url: str, request_headers: list[tuple[str, str]],
+                       response: "_Fetched") -> str:
+        """Write one request and response; returns the name of the WARC file they went into."""
         from warcio.statusandheaders import StatusAndHeaders
 
         if self._writer is None:
             self._open()
-        assert self._writer is not None and self._fh is not None
+        assert self._writer is not None and self._fh is not None and self._final is not None
+        name = self._final.name
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         date = response.date
@@ -142,12 +151,14 @@ class _WarcOut:
         self._writer.write_record(resp)
         if self._fh.tell() >= self.max_bytes:
             self.close()
+        return name
 
     def close(self) -> None:
         if self._fh is None:
             return
         self._fh.close()
         assert self._tmp is not None and self._final is not None
+        self.before_commit()
         os.replace(self._tmp, self._final)
         self.finished.append(self._final)
         self._fh = self._writer = self._tmp = self._final = None

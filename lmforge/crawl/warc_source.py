@@ -3,11 +3,13 @@ crawling: copy or download them into a crawl directory that ``extract`` reads.
 
     sources (file, directory, file:// or http(s) URL)
         -> already in out_dir? (imports.jsonl, or same name and size)  -> skip (resume)
-        -> copy / download to a hidden temporary file (chunks, retries, optional byte cap)
-        -> validate with warcio (every record WARC, every record complete)
-        -> plain .warc, or one gzip member around all records (``gzip x.warc``, which warcio
-           and so extract refuse)? gzip it one member per record, as Common Crawl does
-        -> imports.jsonl entry, then rename to ``<name>.warc.gz``
+        -> a pool of ``workers`` threads, one file each at a time:
+           copy / download to a hidden temporary file (chunks, retries, optional byte cap)
+           -> validate with warcio (every record WARC, every record complete)
+           -> plain .warc, or one gzip member around all records (``gzip x.warc``, which warcio
+              and so extract refuse)? gzip it one member per record, as Common Crawl does
+           -> rename to ``<name>.warc.gz``
+        -> imports.jsonl rewritten once per batch of finished files, and at the end
 
 Output in ``out_dir``:
 
@@ -16,9 +18,11 @@ Output in ``out_dir``:
   A name taken by another source gets ``-<8 hex digits of the source's SHA-1>`` added.
 - ``imports.jsonl``: one line per imported file: ``source``, ``file``, ``bytes``, ``sha256``,
   ``records``, ``responses``, ``truncated``, ``imported_at``. A source listed there whose file is
-  still in ``out_dir`` with that size is never fetched again. The entry is written before the
-  file is renamed into place, so a crash between the two makes the next run import it again
-  rather than forget it.
+  still in ``out_dir`` with that size is never fetched again. A file is renamed into place
+  before its entry is written (with its batch), so an entry always has its bytes; a kill loses
+  at most the entries of the batch under way, and the next run finds those files in place:
+  the same size as a gzip source (or a URL's HEAD) takes them as they are, anything else is
+  copied again and kept only if its SHA-256 differs (then under another name).
 - ``import_failures.jsonl``: the sources this run could not import, with a reason (``not_found``,
   ``http_404``, ``http_503``, ``timeout``, ``connection_error``, ``not_warc``, ``truncated``,
   ``corrupt``, ``empty``, ``too_large``, ...). A failed source leaves no file behind.
@@ -32,7 +36,7 @@ the copy stops there and is cut back to the last record known to be complete (th
 cut into, and the one before it, whose trailer may be missing, are dropped). Such files are
 marked ``truncated`` in the manifest.
 
-Downloads use ``urllib`` (one file at a time, 1 MiB chunks): ``timeout_s`` is the longest wait
+Downloads use ``urllib`` (1 MiB chunks, one file per worker): ``timeout_s`` is the longest wait
 for the server to send anything, not a limit on the whole transfer, so a large file on a slow
 link is fine and a stalled one is not. 5xx, 408, 429, timeouts, dropped connections and bodies
 shorter than their Content-Length are retried with exponential backoff, from the start.
@@ -49,6 +53,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,35 +194,32 @@ def _write_manifest(out_dir: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 # --------------------------------------------------------------------------- one source
 
-def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
-                stats: WarcImportStats, *, timeout_s: float, max_bytes: int | None, retries: int,
-                backoff_s: float) -> Path:
-    entry = manifest.get(src.key)
-    if entry and (out / entry["file"]).is_file() and (out / entry["file"]).stat().st_size == entry["bytes"]:
-        stats.already_imported += 1
-        return out / entry["file"]
+@dataclass
+class _Imported:
+    """What one worker did with one source (the main thread adds it to the stats and manifest)."""
+    path: Path
+    entry: dict[str, Any]
+    copied: bool            # False: the file was already there (adopted, nothing written)
 
-    owners = {e["file"]: k for k, e in manifest.items()}
-    name = _target_name(src.name, src.key)
+
+def _import_one(src: _Source, out: Path, name: str, *, timeout_s: float, max_bytes: int | None,
+                retries: int, backoff_s: float) -> _Imported:
+    """Copy or download ``src``, validate it and rename it into place as ``out/name``. Touches
+    nothing shared: it runs on a worker thread."""
     final = out / name
-    if owners.get(name, src.key) != src.key:
-        final = out / _disambiguated(name, src.key)
-    elif final.is_file() and name not in owners:
-        # Put there by hand, or by a run whose manifest was lost: the same file if the same size
-        # (only checkable where the source is stored as it is: a gzip WARC).
+    if final.is_file() and max_bytes is None:
+        # Not in the manifest, yet there: put there by hand, or imported by a run killed before
+        # its batch's manifest was written. The same file if the same size (checkable without a
+        # copy where the source is stored as it is: a gzip WARC).
         if src.path is not None:
             with open(src.path, "rb") as fh:
                 same = fh.read(2) == _GZIP_MAGIC and src.path.stat().st_size == final.stat().st_size
         else:
             same = _head_size(src.url, timeout_s) == final.stat().st_size
-        if same and max_bytes is None:
+        if same:
             scan = scan_warc(final)
             if scan.error is None and scan.offsets:
-                manifest[src.key] = _entry(src, final, scan, truncated=False)
-                _write_manifest(out, manifest)
-                stats.already_imported += 1
-                return final
-        final = out / _disambiguated(name, src.key)
+                return _Imported(final, _entry(src, final, scan, truncated=False), copied=False)
 
     # Named so that a later run's sweep removes it (and the .plain / .gz beside it) if this
     # process is killed mid-copy.
@@ -232,19 +234,18 @@ def _import_one(src: _Source, out: Path, manifest: dict[str, dict[str, Any]],
                 with open(src.path, "rb") as fin:
                     _, capped = _copy_capped(fin, fh, max_bytes)
         ready, scan, truncated = _validated(raw, capped, max_bytes)
-        # Manifest first: a crash before the rename then means "import again", never "forgotten".
-        manifest[src.key] = _entry(src, ready, scan, truncated=truncated, name=final.name)
-        _write_manifest(out, manifest)
+        entry = _entry(src, ready, scan, truncated=truncated, name=final.name)
+        if final.is_file():
+            if _sha256(final) == entry["sha256"]:  # the same bytes (a plain WARC recompressed)
+                return _Imported(final, entry, copied=False)
+            final = out / _disambiguated(name, src.key)
+            entry["file"] = final.name
+        # The file first, its manifest entry with its batch: a kill loses entries, never bytes.
         os.replace(ready, final)
     finally:
         for t in temps:
             t.unlink(missing_ok=True)
-    stats.files += 1
-    stats.bytes += final.stat().st_size
-    stats.records += len(scan.offsets)
-    stats.responses += sum(scan.responses)
-    stats.truncated_files += truncated
-    return final
+    return _Imported(final, entry, copied=True)
 
 
 def _entry(src: _Source, path: Path, scan: WarcScan, *, truncated: bool,
@@ -260,16 +261,24 @@ def _entry(src: _Source, path: Path, scan: WarcScan, *, truncated: bool,
 # --------------------------------------------------------------------------- entry points
 
 def import_warcs(sources: list[str], out_dir: str | os.PathLike, *, timeout_s: float = 60,
-                 max_bytes: int | None = None, retries: int = 2,
-                 backoff_s: float = 0.5) -> WarcImportStats:
+                 max_bytes: int | None = None, retries: int = 2, backoff_s: float = 0.5,
+                 workers: int = 4, batch_files: int | None = None) -> WarcImportStats:
     """Import ``sources`` (files, directories, file:// or http(s) URLs) into ``out_dir`` as
-    ``*.warc.gz``; see the module docstring. A source that fails is recorded, not raised."""
+    ``*.warc.gz``; see the module docstring. A source that fails is recorded, not raised.
+
+    ``workers`` files are copied at once (threads: the work is I/O, zlib and hashing, which
+    release the GIL); the manifest is written once per ``batch_files`` finished files (default:
+    ``4 * workers``) and at the end. Names are decided up front, in source order, so the result
+    does not depend on which worker finishes first."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     if not sources:
         raise ValueError("no WARC sources given")
     if max_bytes is not None and max_bytes < 1:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    if workers < 1 or (batch_files is not None and batch_files < 1):
+        raise ValueError(f"workers and batch_files must be positive, got {workers}, {batch_files}")
+    batch_files = batch_files or 4 * workers
     # Written in place (resume reads it): a new, empty or lmforge-made directory only.
     out = claim_output_dir(out_dir)
     stats = WarcImportStats(manifest_path=str(out / MANIFEST_FILE),
@@ -282,6 +291,15 @@ def import_warcs(sources: list[str], out_dir: str | os.PathLike, *, timeout_s: f
         stats.failures.append({"source": source, "reason": f.reason, "detail": f.detail})
         print(f"warc import: FAILED {source}: {f.reason}: {f.detail}", file=sys.stderr)
 
+    paths: dict[str, Path] = {}
+
+    def done(key: str, path: Path) -> None:
+        paths[key] = path
+
+    jobs: list[tuple[_Source, str]] = []
+    order: list[str] = []  # every source's key, in the order given: the order of warc_files
+    repeats: list[str] = []  # a source met again in this run (a file and its file:// URL)
+    owners = {e["file"]: k for k, e in manifest.items()}
     for source in map(str, sources):
         try:
             expanded = _expand(source, out)
@@ -289,20 +307,58 @@ def import_warcs(sources: list[str], out_dir: str | os.PathLike, *, timeout_s: f
             fail(source, f)
             continue
         for src in expanded:
-            t0 = time.monotonic()
+            order.append(src.key)
+            entry = manifest.get(src.key)
+            if entry and (out / entry["file"]).is_file() and \
+                    (out / entry["file"]).stat().st_size == entry["bytes"]:
+                stats.already_imported += 1
+                done(src.key, out / entry["file"])
+                continue
+            if any(src.key == job.key for job, _ in jobs):
+                repeats.append(src.key)
+                continue
+            name = _target_name(src.name, src.key)
+            if owners.get(name, src.key) != src.key:
+                name = _disambiguated(name, src.key)
+            owners[name] = src.key
+            jobs.append((src, name))
+
+    unwritten = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="warc-import") as pool:
+        futures = {pool.submit(_import_one, src, out, name, timeout_s=timeout_s,
+                               max_bytes=max_bytes, retries=retries, backoff_s=backoff_s): src
+                   for src, name in jobs}
+        for future in as_completed(futures):
+            src = futures[future]
             try:
-                path = _import_one(src, out, manifest, stats, timeout_s=timeout_s,
-                                   max_bytes=max_bytes, retries=retries, backoff_s=backoff_s)
+                result = future.result()
             except ImportFailure as f:
                 fail(src.key, f)
                 continue
             except OSError as e:  # disk full, permission denied: this source, not the run
                 fail(src.key, ImportFailure("os_error", f"{type(e).__name__}: {e}"))
                 continue
-            if str(path) not in stats.warc_files:
-                stats.warc_files.append(str(path))
-            print(f"warc import: {src.key} -> {path.name} ({time.monotonic() - t0:.1f}s)",
-                  file=sys.stderr)
+            manifest[src.key] = result.entry
+            unwritten += 1
+            if result.copied:
+                stats.files += 1
+                stats.bytes += result.entry["bytes"]
+                stats.records += result.entry["records"]
+                stats.responses += result.entry["responses"]
+                stats.truncated_files += result.entry["truncated"]
+            else:
+                stats.already_imported += 1
+            done(src.key, result.path)
+            print(f"warc import: {src.key} -> {result.path.name}", file=sys.stderr)
+            if unwritten >= batch_files:
+                _write_manifest(out, manifest)
+                unwritten = 0
+    if unwritten:
+        _write_manifest(out, manifest)
+    for key in repeats:
+        if key in paths:
+            stats.already_imported += 1
+    stats.warc_files = list(dict.fromkeys(str(paths[k]) for k in order if k in paths))
 
     with atomic_path(out / FAILURES_FILE) as tmp:
         with open(tmp, "w") as f:
@@ -324,17 +380,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="read at most this many bytes of each WARC, cut at a record (default: all)")
     p.add_argument("--warc-timeout", type=float, default=60.0,
                    help="seconds to wait for a server to send anything (default: %(default)s)")
+    add_workers_argument(p)
     args = p.parse_args(argv)
     return run_cli(args.sources, args.out, retries=args.retries, max_bytes=args.max_warc_bytes,
-                   timeout_s=args.warc_timeout, prog=p.prog)
+                   timeout_s=args.warc_timeout, prog=p.prog, workers=args.workers)
+
+
+def add_workers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=4,
+                   help="WARC files imported at once (default: %(default)s); the manifest is "
+                   "written once per 4 x workers files")
 
 
 def run_cli(sources: list[str], out: str, *, retries: int, max_bytes: int | None,
-            timeout_s: float, prog: str) -> int:
+            timeout_s: float, prog: str, workers: int = 4) -> int:
     """Import, print the stats as JSON; exit 0 when all imported, 1 when some failed."""
     try:
         stats = import_warcs(sources, out, timeout_s=timeout_s, max_bytes=max_bytes,
-                             retries=retries)
+                             retries=retries, workers=workers)
     except (LmforgeError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

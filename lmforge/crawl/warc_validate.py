@@ -131,7 +131,9 @@ def _gzip_records(src: Path, dst: Path, offsets: list[int], end: int) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         for start, stop in zip(offsets, bounds):
             fin.seek(start)
-            with gzip.GzipFile(fileobj=fout, mode="wb", compresslevel=6, mtime=0) as gz:
+            # No file name in the header (GzipFile would take the temporary one): the same
+            # records always give the same bytes.
+            with gzip.GzipFile(filename="", fileobj=fout, mode="wb", compresslevel=6, mtime=0) as gz:
                 left = stop - start
                 while left > 0:
                     chunk = fin.read(min(CHUNK, left))

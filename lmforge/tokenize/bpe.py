@@ -7,6 +7,11 @@ printable symbols (so any UTF-8 string round-trips exactly, no unknown token), a
 learned on top. It is trained with Hugging Face ``tokenizers`` from an iterator that streams the
 Parquet ``text`` column in batches, so the corpus never has to fit in memory as one string.
 
+It trains on a sample, not the corpus: at most ``sample_bytes`` of text, shared evenly between
+the corpus's days (a day with less leaves its share to the later ones), each day's documents in
+their order. The same corpus gives the same sample, and training time stays the same however
+many days there are; the pipeline trains it once per deployment and then keeps it frozen.
+
 Special tokens (ids 0..3, in this order):
 
     <|endoftext|>   bos and eos: separates documents in the pretraining token stream
@@ -22,10 +27,10 @@ The directory is saved with ``transformers.PreTrainedTokenizerFast.save_pretrain
 ``AutoTokenizer.from_pretrained(out_dir)`` with bos/eos/pad and the chat template set. The config
 is written in a spelling transformers 4.x loads too (see ``_make_config_portable``).
 
-The held-out documents (``heldout_ids``: a hash of the document id) are left out of training and
-used to measure compression (bytes per token, tokens per word). ``tokenize.shards`` uses the same
-rule for its validation split, so with the default fraction and seed the tokenizer has never seen
-the documents that bits-per-byte is measured on.
+The held-out documents (``heldout_ids``: a hash of the document id, per day) are left out of
+training and used to measure compression (bytes per token, tokens per word, on at most 10 MB of
+them). ``tokenize.shards`` uses the same rule for its validation split, so with the default
+fraction and seed the tokenizer has never seen the documents that bits-per-byte is measured on.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.text import InputError, input_schema
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output, parquet_files
+from lmforge.tokenize.corpus import corpus_days
 
 # The special tokens, importable by the training and evaluation modules.
 BOS_TOKEN = "<|endoftext|>"
@@ -86,8 +92,10 @@ class TokenizerConfig(BaseModel):
                                     description="documents kept out of training to measure compression")
     seed: int = Field(0, description="salt of the document-id hash that picks held-out documents")
     batch_rows: int = Field(1000, ge=1, description="documents per batch read from Parquet")
-    max_train_chars: int | None = Field(None, ge=1,
-                                        description="stop feeding text after this many characters (None: all)")
+    sample_bytes: int = Field(100_000_000, ge=1,
+                              description="UTF-8 bytes of text to train on: a deterministic "
+                              "sample shared evenly between the corpus's days (each day's "
+                              "documents in order), so training does not grow with the corpus")
     model_max_length: int = Field(2048, ge=1, description="written to tokenizer_config.json")
 
 
@@ -162,6 +170,29 @@ def iter_texts(docs_path: str | os.PathLike, batch_rows: int = 1000,
                 yield out
 
 
+def sample_texts(docs_path: str | os.PathLike, sample_bytes: int, fraction: float, seed: int,
+                 batch_rows: int = 1000) -> Iterator[list[str]]:
+    """The training sample: batches of non-held-out texts, at most ``sample_bytes`` of UTF-8 in
+    all, shared evenly between the days of ``docs_path`` (unused shares pass to later days)."""
+    days = corpus_days(docs_path)
+    left = sample_bytes
+    for i, (_, path) in enumerate(days):
+        share, used = left // (len(days) - i), 0
+        held = heldout_ids(path, fraction, seed)
+        for texts in iter_texts(path, batch_rows, exclude=held):
+            batch = []
+            for text in texts:
+                if used >= share:
+                    break
+                batch.append(text)
+                used += len(text.encode("utf-8"))
+            if batch:
+                yield batch
+            if used >= share:
+                break
+        left -= used
+
+
 # --- training ------------------------------------------------------------------------------------
 
 def build_tokenizer_object():
@@ -200,13 +231,11 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
     # would be lost), a read-only place, an input that is not a document table.
     check_output(out_dir, "dir")
     input_schema(docs_path, required=("id", "text"))
-    held = heldout_ids(docs_path, cfg.heldout_fraction, cfg.seed)
     counts = {"docs": 0, "chars": 0}
 
     def training_text() -> Iterator[list[str]]:
-        for texts in iter_texts(docs_path, cfg.batch_rows, exclude=held):
-            if cfg.max_train_chars is not None and counts["chars"] >= cfg.max_train_chars:
-                return
+        for texts in sample_texts(docs_path, cfg.sample_bytes, cfg.heldout_fraction, cfg.seed,
+                                  cfg.batch_rows):
             counts["docs"] += len(texts)
             counts["chars"] += sum(map(len, texts))
             yield texts
@@ -229,16 +258,27 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
     for i, s in enumerate(SPECIAL_TOKENS):
         assert tok.token_to_id(s) == i, f"special token {s} has id {tok.token_to_id(s)}, expected {i}"
 
-    # Compression on the held-out documents (or on the training ones when nothing is held out).
-    sample = held if held else None
+    # Compression on (at most 10 MB of) the held-out documents, day by day; on the training ones
+    # when no day holds any out (a corpus of one document).
     n_bytes = n_tokens = n_words = n_docs = 0
-    for texts in iter_texts(docs_path, cfg.batch_rows, only=sample):
-        for text, enc in zip(texts, tok.encode_batch_fast(texts, add_special_tokens=False)):
-            n_bytes += len(text.encode("utf-8"))
-            n_words += len(text.split())
-            n_tokens += len(enc.ids)
-        n_docs += len(texts)
-        if sample is None and n_bytes >= 10_000_000:
+    any_held = False
+    for held_only in (True, False):
+        for _, path in corpus_days(docs_path):
+            held = heldout_ids(path, cfg.heldout_fraction, cfg.seed) if held_only else None
+            if held_only and not held:
+                continue
+            any_held = any_held or held_only
+            for texts in iter_texts(path, cfg.batch_rows, only=held):
+                for text, enc in zip(texts, tok.encode_batch_fast(texts, add_special_tokens=False)):
+                    n_bytes += len(text.encode("utf-8"))
+                    n_words += len(text.split())
+                    n_tokens += len(enc.ids)
+                n_docs += len(texts)
+                if n_bytes >= 10_000_000:
+                    break
+            if n_bytes >= 10_000_000:
+                break
+        if n_docs:
             break
 
     fast = _wrap_fast(tok, cfg)
@@ -247,14 +287,14 @@ def train_tokenizer(docs_path: str | os.PathLike, out_dir: str | os.PathLike,
         _make_config_portable(tmp)
         (tmp / "training_stats.json").write_text(json.dumps({
             "train_documents": counts["docs"], "train_chars": counts["chars"],
-            "heldout_documents": n_docs if held else 0, "config": cfg.model_dump(),
+            "heldout_documents": n_docs if any_held else 0, "config": cfg.model_dump(),
         }, indent=2) + "\n")
 
     stats = TokenizerStats(
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         train_documents=counts["docs"],
         train_chars=counts["chars"],
-        heldout_documents=n_docs if held else 0,
+        heldout_documents=n_docs if any_held else 0,
         heldout_bytes=n_bytes,
         heldout_tokens=n_tokens,
         bytes_per_token=round(n_bytes / max(n_tokens, 1), 4),

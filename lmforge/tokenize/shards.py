@@ -1,8 +1,9 @@
 """Tokenize the documents into flat, memory-mapped token arrays for pretraining.
 
-    lmforge tokenize documents.parquet tokens/ --tokenizer tokenizer/
+    lmforge tokenize documents.parquet tokens/ --tokenizer tokenizer/          one shard set
+    lmforge tokenize corpus/ shards/ --tokenizer tokenizer/ --days days/       one set per day
 
-Output directory:
+One shard set (a directory):
 
     train.bin   val.bin     every document's token ids followed by the eos id, concatenated:
                             a flat little-endian uint16 array (uint32 when the vocabulary has
@@ -11,15 +12,32 @@ Output directory:
                             "eos_id", "tokenizer", "tokenizer_sha256"}
     val.parquet             the held-out documents (id, url, text), for bits-per-byte evaluation
     stats.json              the ShardStats of the run
+    manifest.json           written last (day shard sets): what it was made from (``key``)
+
+A curated corpus grows by one day each night, so ``tokenize_days`` keeps one shard set per day
+in ``days_dir/<tokenizer hash>/<day>/<input key>/`` and tokenizes only the days it has no set
+for: a day's set is reused while the tokenizer (the SHA-256 of ``tokenizer.json``), the split
+settings and the day's input (its ``_manifest.json`` and its files' sizes and times) are the
+same. Its output directory then holds no tokens, only the list of the day sets it covers:
+
+    shards.json             {"format", "dtype", "vocab_size", "eos_id", "tokenizer_sha256",
+                            "days": [{"day", "dir" (relative to shards.json), "train_tokens",
+                            "val_tokens", "train_documents", "val_documents"}, ...]}
+    train.json  val.json    the headers of the whole list (num_tokens summed over the days)
+    val.parquet             the first ``eval_documents`` held-out documents, oldest day first
+                            (what the evaluation's bits per byte reads; lm-eval's ``limit``
+                            takes the first documents, so these are the ones it scores)
+
+``lmforge.train.data`` reads either layout.
 
 The split is by a hash of the document id (``bpe.heldout_ids``, the rule the tokenizer used to
-hold documents out), so it is the same on every run and every machine, and adding documents
-never moves an old one between splits. Text goes through the Rust tokenizer in batches
-(``encode_batch_fast``, parallel over documents); Python touches whole arrays, never one token.
-Special-token strings inside document text (say a page quoting "<|endoftext|>") are encoded as
-plain text, so a document can never inject an eos or a chat marker.
+hold documents out, applied to each day), so it is the same on every run and every machine, and
+adding a day never moves an old document between splits. Text goes through the Rust tokenizer in
+batches (``encode_batch_fast``, parallel over documents); Python touches whole arrays, never one
+token. Special-token strings inside document text (say a page quoting "<|endoftext|>") are
+encoded as plain text, so a document can never inject an eos or a chat marker.
 
-The whole directory is written atomically: a crash leaves the previous output (or nothing).
+Every directory is written atomically: a crash leaves the previous output (or nothing).
 """
 
 from __future__ import annotations
@@ -47,10 +65,15 @@ from lmforge.curate.text import InputError, MissingInputError, input_schema
 from lmforge.errors import LmforgeError
 from lmforge.io import atomic_path, check_output, parquet_files
 from lmforge.tokenize.bpe import EOS_TOKEN, error_line, heldout_ids
+from lmforge.tokenize.corpus import corpus_days, input_fingerprint
 
 SPLITS = ("train", "val")
+DAY_MANIFEST = "manifest.json"
+SHARD_LIST = "shards.json"
+SHARD_LIST_FORMAT = "lmforge-day-shards/1"
+
+
 def _val_schema():
-    import pyarrow as pa
     import pyarrow as pa
 
     return pa.schema([("id", pa.string()), ("url", pa.string()), ("text", pa.string())])
@@ -63,6 +86,11 @@ class ShardConfig(BaseModel):
                                 description="fraction of documents (by id hash) in the val split")
     seed: int = Field(0, description="salt of the id hash; keep equal to the tokenizer's seed")
     batch_rows: int = Field(1000, ge=1, description="documents tokenized per encode_batch call")
+    eval_documents: int = Field(1000, ge=1,
+                                description="held-out documents (oldest day first) copied into a "
+                                "day list's val.parquet for the bits-per-byte evaluation, which "
+                                "scores the first `limit` of them (the standard suite: 1000); the "
+                                "whole held-out split stays in the day shards")
 
 
 @dataclass
@@ -73,12 +101,15 @@ class ShardStats:
     val_documents: int
     skipped_empty_documents: int
     bytes_per_token: float  # UTF-8 bytes of text per token (eos not counted)
-    tokens_per_second: float
+    tokens_per_second: float  # of the tokens this run encoded
     seconds: float
     dtype: str
     vocab_size: int
     eos_id: int
     out_dir: str
+    text_bytes: int = 0  # UTF-8 bytes of the documents' text
+    days: int = 1  # day shard sets the output covers
+    days_tokenized: int = 1  # of which this run tokenized (the others were reused)
 
     def to_metadata(self) -> dict:
         return asdict(self)
@@ -132,8 +163,11 @@ def _load_fast_tokenizer(tokenizer_dir: Path):
 
 
 def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.PathLike,
-                       out_dir: str | os.PathLike, cfg: ShardConfig | None = None) -> ShardStats:
-    """Tokenize ``docs_path`` (Parquet: id, url, text) into ``out_dir`` (see the module doc)."""
+                       out_dir: str | os.PathLike, cfg: ShardConfig | None = None,
+                       manifest: dict | None = None, allow_empty: bool = False) -> ShardStats:
+    """Tokenize ``docs_path`` (Parquet: id, url, text) into ``out_dir`` (see the module doc);
+    ``manifest`` is written last into it, as ``manifest.json`` (with the stats added).
+    ``allow_empty``: a day whose curation kept nothing gives an empty set, not an error."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -197,7 +231,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
                         total = tokens["train"] + tokens["val"]
                         print(f"tokenize: {docs['train'] + docs['val']} docs, {total} tokens, "
                               f"{total / (last_report - t0):,.0f} tokens/s", file=sys.stderr)
-        if docs["train"] + docs["val"] == 0:
+        if docs["train"] + docs["val"] == 0 and not allow_empty:
             raise InputError(f"{docs_path}: no document with non-empty text")
         seconds = time.perf_counter() - t0
         tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
@@ -215,9 +249,117 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
             bytes_per_token=round(n_bytes / max(total - docs["train"] - docs["val"], 1), 4),
             tokens_per_second=round(total / max(seconds, 1e-9), 1),
             seconds=round(seconds, 3), dtype=dtype.name, vocab_size=vocab_size, eos_id=eos_id,
-            out_dir=str(Path(out_dir)),
+            out_dir=str(Path(out_dir)), text_bytes=n_bytes,
         )
         (tmp / "stats.json").write_text(json.dumps(stats.to_metadata(), indent=2) + "\n")
+        if manifest is not None:
+            (tmp / DAY_MANIFEST).write_text(json.dumps({**manifest, "stats": stats.to_metadata()},
+                                                       indent=2, sort_keys=True) + "\n")
+    return stats
+
+
+def day_key(tokenizer_sha256: str, cfg: ShardConfig, fingerprint: str) -> str:
+    """What a day's shard set is made from: two sets with one key hold the same tokens."""
+    made_of = {"format": SHARD_LIST_FORMAT, "tokenizer_sha256": tokenizer_sha256,
+               "val_fraction": cfg.val_fraction, "seed": cfg.seed, "input": fingerprint}
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()
+
+
+def _finished_day(day_dir: Path, key: str) -> dict | None:
+    """The manifest of a finished day set made from ``key`` (its files as its headers say), or
+    None: a set from other input, a half-written one, or one whose files were damaged."""
+    try:
+        manifest = json.loads((day_dir / DAY_MANIFEST).read_text())
+        if not isinstance(manifest, dict) or manifest.get("key") != key:
+            return None
+        for split in SPLITS:
+            load_tokens(day_dir, split)  # checks the .bin's size against its header
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+def tokenize_days(corpus: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+                  days_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                  cfg: ShardConfig | None = None) -> ShardStats:
+    """Give every day of ``corpus`` a shard set in ``days_dir`` (tokenizing only the days that
+    have none for this tokenizer and input) and write their list into ``out_dir``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg = cfg or ShardConfig()
+    out = check_output(out_dir, "dir").resolve()
+    days = corpus_days(corpus)
+    if not days:
+        raise MissingInputError(f"{corpus}: no curated day to tokenize")
+    tokenizer_dir = Path(tokenizer_dir).resolve()
+    _, eos_id = _load_fast_tokenizer(tokenizer_dir)
+    tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
+    root = Path(days_dir).resolve() / tokenizer_hash[:16]
+    t0 = time.perf_counter()
+    entries, sets = [], []
+    encoded = tokenized = 0
+    for day, path in days:
+        key = day_key(tokenizer_hash, cfg, input_fingerprint(path))
+        day_dir = root / day / key[:16]
+        manifest = _finished_day(day_dir, key)
+        if manifest is None:
+            print(f"tokenize: day {day} ({path})", file=sys.stderr)
+            tokenize_documents(path, tokenizer_dir, day_dir, cfg, allow_empty=True,
+                               manifest={"format": SHARD_LIST_FORMAT, "key": key, "day": day,
+                                         "source": str(path)})
+            manifest = json.loads((day_dir / DAY_MANIFEST).read_text())
+            tokenized += 1
+            encoded += manifest["stats"]["train_tokens"] + manifest["stats"]["val_tokens"]
+        day_stats = manifest["stats"]
+        sets.append((day_dir, day_stats))
+        entries.append({"day": day, "dir": os.path.relpath(day_dir, out),
+                        **{k: day_stats[k] for k in ("train_tokens", "val_tokens",
+                                                     "train_documents", "val_documents")}})
+
+    def total(field: str) -> int:
+        return sum(int(st[field]) for _, st in sets)
+
+    if total("train_documents") + total("val_documents") == 0:
+        raise InputError(f"{corpus}: no document with non-empty text in {len(days)} day(s)")
+    first = sets[0][1]
+    seconds = time.perf_counter() - t0
+    with atomic_path(out, "dir") as tmp:
+        tmp.mkdir()
+        left = cfg.eval_documents
+        with pq.ParquetWriter(tmp / "val.parquet", _val_schema()) as writer:
+            for day_dir, _ in sets:
+                if left <= 0:
+                    break
+                for batch in pq.ParquetFile(day_dir / "val.parquet").iter_batches(batch_size=1000):
+                    table = pa.Table.from_batches([batch], schema=writer.schema).slice(0, left)
+                    writer.write_table(table)
+                    left -= table.num_rows
+                    if left <= 0:
+                        break
+        for split in SPLITS:
+            (tmp / f"{split}.json").write_text(json.dumps({
+                "dtype": first["dtype"], "num_tokens": total(f"{split}_tokens"),
+                "num_documents": total(f"{split}_documents"), "vocab_size": first["vocab_size"],
+                "eos_id": eos_id, "tokenizer": str(tokenizer_dir),
+                "tokenizer_sha256": tokenizer_hash, "shards": SHARD_LIST,
+            }, indent=2) + "\n")
+        text_tokens = (total("train_tokens") + total("val_tokens") - total("train_documents")
+                       - total("val_documents"))
+        stats = ShardStats(
+            train_tokens=total("train_tokens"), val_tokens=total("val_tokens"),
+            train_documents=total("train_documents"), val_documents=total("val_documents"),
+            skipped_empty_documents=total("skipped_empty_documents"),
+            bytes_per_token=round(total("text_bytes") / max(text_tokens, 1), 4),
+            tokens_per_second=round(encoded / max(seconds, 1e-9), 1), seconds=round(seconds, 3),
+            dtype=first["dtype"], vocab_size=first["vocab_size"], eos_id=eos_id,
+            out_dir=str(Path(out_dir)), text_bytes=total("text_bytes"), days=len(sets),
+            days_tokenized=tokenized)
+        (tmp / "stats.json").write_text(json.dumps(stats.to_metadata(), indent=2) + "\n")
+        (tmp / SHARD_LIST).write_text(json.dumps({
+            "format": SHARD_LIST_FORMAT, "dtype": first["dtype"],
+            "vocab_size": first["vocab_size"], "eos_id": eos_id,
+            "tokenizer_sha256": tokenizer_hash, "days": entries}, indent=2) + "\n")
     return stats
 
 
@@ -256,11 +398,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("docs", help="documents Parquet file or directory (columns id, url, text)")
     p.add_argument("out_dir", help="directory to write train/val .bin + .json and val.parquet into")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (from train-tokenizer)")
+    p.add_argument("--days", metavar="DIR", default=None,
+                   help="keep one shard set per day of DOCS (a curated corpus) in DIR, tokenize "
+                   "only the days it lacks, and write their list (shards.json) into OUT_DIR")
     add_config_arguments(p, ShardConfig)
     args = p.parse_args(argv)
     try:
-        stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir,
-                                   config_from_args(ShardConfig, args))
+        cfg = config_from_args(ShardConfig, args)
+        if args.days:
+            stats = tokenize_days(args.docs, args.tokenizer, args.days, args.out_dir, cfg)
+        else:
+            stats = tokenize_documents(args.docs, args.tokenizer, args.out_dir, cfg)
     except (LmforgeError, ValueError, OSError) as e:
         print(f"lmforge tokenize: error: {error_line(e)}", file=sys.stderr)
         return 2

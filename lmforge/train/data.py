@@ -5,6 +5,11 @@ dtype, num_tokens, num_documents, vocab_size, eos_id). Documents are already joi
 token, so any window of ``seq_len + 1`` tokens is a training example: the first ``seq_len`` are
 the input, the last ``seq_len`` the targets.
 
+A data directory is one shard set, or a list of day shard sets (``shards.json``, written by
+``lmforge.tokenize.shards.tokenize_days``): the days are memory-mapped one by one and read as one
+array, oldest day first, so a window may run from one day into the next as it runs from one
+document into the next.
+
 Which windows a step reads is a pure function of ``(seed, step)``: the whole global batch of a
 step is drawn at once, and rank ``r`` takes micro-batch ``m`` from rows ``(m * world + r) *
 micro_batch``. So resuming at step ``s`` reads exactly what an uninterrupted run would have read,
@@ -23,9 +28,55 @@ import torch
 from lmforge.errors import LmforgeError
 
 SHARD_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+# The day list lmforge.tokenize.shards.tokenize_days writes (the training ranks do not import
+# the tokenizing side).
+SHARD_LIST = "shards.json"
+
+
+def shard_dirs(data_dir: str | Path) -> list[Path]:
+    """The shard sets a data directory stands for: the day sets its ``shards.json`` lists, in
+    order, or the directory itself (one ``train.bin``)."""
+    data_dir = Path(data_dir)
+    listing = data_dir / SHARD_LIST
+    if not listing.is_file():
+        return [data_dir]
+    try:
+        days = json.loads(listing.read_text())["days"]
+        dirs = [data_dir / str(d["dir"]) for d in days]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise LmforgeError(f"{listing}: not a token shard list ({type(e).__name__}: {e})") from None
+    if not dirs:
+        raise LmforgeError(f"{listing}: lists no day shards")
+    return dirs
+
+
+def shard_files(data_dir: str | Path) -> list[Path]:
+    """Every file training reads from a data directory (to stage it elsewhere, e.g. local disk)."""
+    data_dir = Path(data_dir)
+    files = [data_dir / SHARD_LIST] if (data_dir / SHARD_LIST).is_file() else []
+    for d in shard_dirs(data_dir):
+        files += [d / f"{split}.{ext}" for split in ("train", "val") for ext in ("json", "bin")
+                  if (d / f"{split}.{ext}").is_file()]
+    return files
 
 
 def read_header(data_dir: str | Path, split: str) -> dict:
+    """The header of ``split``: of its one shard, or of the list's day shards together
+    (``num_tokens`` and ``num_documents`` summed; dtype, vocabulary and eos must agree)."""
+    dirs = shard_dirs(data_dir)
+    if len(dirs) == 1 and dirs[0] == Path(data_dir):
+        return _read_one_header(data_dir, split)
+    headers = [_read_one_header(d, split) for d in dirs]
+    first = headers[0]
+    for d, h in zip(dirs, headers):
+        for key in ("dtype", "vocab_size", "eos_id"):
+            if h[key] != first[key]:
+                raise LmforgeError(f"{d}: {key} {h[key]!r} differs from {dirs[0]}'s {first[key]!r}")
+    return {**first, "num_tokens": sum(int(h["num_tokens"]) for h in headers),
+            "num_documents": sum(int(h.get("num_documents", 0)) for h in headers)}
+
+
+def _read_one_header(data_dir: str | Path, split: str) -> dict:
     path = Path(data_dir) / f"{split}.json"
     if not path.is_file():
         raise LmforgeError(f"no token shard header at {path} (expected {split}.bin + {split}.json)")
@@ -52,15 +103,16 @@ def max_token_id(data_dir: str | Path, split: str, chunk: int = 1 << 24) -> int:
     the embedding, or on a GPU corrupt memory)."""
     tokens, _ = open_shard(data_dir, split)
     top = -1
-    for i in range(0, len(tokens), chunk):
-        top = max(top, int(tokens[i:i + chunk].max()))
+    for part in getattr(tokens, "parts", [tokens]):
+        for i in range(0, len(part), chunk):
+            top = max(top, int(part[i:i + chunk].max()))
     return top
 
 
 def check_vocabulary(data_dir: str | Path, vocab_size: int) -> None:
     """Every shard's header and token ids fit a model with ``vocab_size`` embeddings."""
     for split in ("train", "val"):
-        if split == "val" and not (Path(data_dir) / "val.json").exists():
+        if split == "val" and not all((d / "val.json").exists() for d in shard_dirs(data_dir)):
             continue
         header = read_header(data_dir, split)
         if int(header["vocab_size"]) > vocab_size:
@@ -73,9 +125,45 @@ def check_vocabulary(data_dir: str | Path, vocab_size: int) -> None:
                                f"tokenizer's {vocab_size} tokens: wrong --tokenizer, or a corrupt shard")
 
 
-def open_shard(data_dir: str | Path, split: str) -> tuple[np.memmap, dict]:
-    """Memory-map ``{split}.bin``; the OS pages tokens in as windows touch them."""
+class TokenSequence:
+    """Day shards read as one array: ``len`` and slices (``tokens[a:b]``, a new array) across
+    the days' memory maps, without joining them."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("TokenSequence takes contiguous slices only")
+        start, stop, _ = index.indices(len(self))
+        pieces = []
+        i = max(int(np.searchsorted(self.starts, start, side="right")) - 1, 0)
+        while start < stop and i < len(self.parts):
+            lo = start - int(self.starts[i])
+            take = min(stop, int(self.starts[i + 1])) - start
+            pieces.append(self.parts[i][lo:lo + take])
+            start += take
+            i += 1
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
+
+
+def open_shard(data_dir: str | Path, split: str) -> tuple[np.memmap | TokenSequence, dict]:
+    """Memory-map ``{split}.bin`` (of every day shard of a list); the OS pages tokens in as
+    windows touch them."""
+    dirs = shard_dirs(data_dir)
+    if len(dirs) == 1 and dirs[0] == Path(data_dir):
+        return _open_one(data_dir, split)
     header = read_header(data_dir, split)
+    return TokenSequence([_open_one(d, split)[0] for d in dirs]), header
+
+
+def _open_one(data_dir: str | Path, split: str) -> tuple[np.memmap, dict]:
+    header = _read_one_header(data_dir, split)
     path = Path(data_dir) / f"{split}.bin"
     dtype = SHARD_DTYPES[header["dtype"]]
     expected = int(header["num_tokens"]) * np.dtype(dtype).itemsize

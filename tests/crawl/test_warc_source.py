@@ -4,11 +4,16 @@ validation, byte caps, and that extract reads what was imported."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.server
 import io
 import json
 import pydoc
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,7 @@ from lmforge.curate.extract import extract
 from lmforge.io import OUTPUT_MARKER, read_parquet_rows
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pydoc_page(module_name: str) -> bytes:
@@ -255,3 +261,92 @@ def test_cli_refuses_a_destination_it_did_not_make(case, tmp_path):
     # The crawler itself claims its directory the same way (before any request is made).
     proc = lmforge("crawl", "--seed", "http://127.0.0.1:9/", "--out", out)
     assert_refused(proc, parents=[tmp_path], before=before, roots=[tmp_path], says=says)
+
+
+# --------------------------------------------------------------------------- in parallel, in batches
+
+def _sources(tmp_path: Path) -> list[str]:
+    """Gzip and plain WARCs, two of them under one name in two directories."""
+    a, b = tmp_path / "src-a", tmp_path / "src-b"
+    a.mkdir()
+    b.mkdir()
+    modules = ["json", "textwrap", "difflib", "shlex", "heapq", "bisect", "string", "base64"]
+    for i, m in enumerate(modules[:5]):
+        write_warc(a / f"seg-{i}.warc{'.gz' if i % 2 else ''}", [m], gzip_records=bool(i % 2))
+    write_warc(b / "seg-1.warc.gz", [modules[5]])           # the name of a/seg-1, other bytes
+    write_warc(b / "other.warc", modules[6:], gzip_records=False)
+    return [str(a), str(b)]
+
+
+def _result(out: Path) -> tuple[dict, dict]:
+    files = {p.name: p.read_bytes() for p in out.glob("*.warc.gz")}
+    manifest = {k: {f: v for f, v in e.items() if f != "imported_at"} for k, e in read_manifest(out).items()}
+    return files, manifest
+
+
+def test_parallel_import_equals_sequential_and_writes_the_manifest_per_batch(tmp_path, monkeypatch):
+    from lmforge.crawl import warc_source
+
+    sources = _sources(tmp_path)
+    writes: list[int] = []
+    real = warc_source._write_manifest
+
+    def counting(out_dir, entries):
+        writes.append(len(entries))
+        real(out_dir, entries)
+
+    monkeypatch.setattr(warc_source, "_write_manifest", counting)
+    seq = import_warcs(sources, tmp_path / "seq", workers=1, batch_files=1, **FAST)
+    assert seq.files == 7 and writes == [1, 2, 3, 4, 5, 6, 7]  # the old way: after every file
+    writes.clear()
+    par = import_warcs(sources, tmp_path / "par", workers=3, batch_files=3, **FAST)
+    assert par.files == 7 and writes == [3, 6, 7]               # once per batch, then the rest
+    assert _result(tmp_path / "par") == _result(tmp_path / "seq")
+    assert [Path(p).name for p in par.warc_files] == [Path(p).name for p in seq.warc_files]
+    assert (par.records, par.responses, par.bytes) == (seq.records, seq.responses, seq.bytes)
+    assert len(list((tmp_path / "par").glob("seg-1*.warc.gz"))) == 2  # one disambiguated
+    writes.clear()
+    again = import_warcs(sources, tmp_path / "par", workers=3, **FAST)
+    assert (again.files, again.already_imported, writes) == (0, 7, [])
+
+
+N_KILLED = 24
+
+
+def test_a_killed_import_loses_no_bytes_and_resumes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    modules = ["json", "textwrap", "difflib", "shlex", "heapq", "bisect", "string", "base64",
+               "argparse", "typing", "pathlib", "inspect"]
+    for i in range(N_KILLED):  # plain WARCs: each is recompressed, which takes a while
+        write_warc(src / f"seg-{i:02d}.warc", [modules[(i + k) % 12] for k in range(5)],
+                   gzip_records=False)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge.crawl.warc_source", str(src),
+                             "--out", str(out), "--workers", "2"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / MANIFEST_FILE).is_file():
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the import ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    listed = read_manifest(out)
+    assert 0 < len(listed) < N_KILLED
+    for entry in listed.values():  # every entry has its bytes
+        f = out / entry["file"]
+        assert f.stat().st_size == entry["bytes"] and hashlib.sha256(f.read_bytes()).hexdigest() == entry["sha256"]
+
+    resumed = import_warcs([str(src)], out, workers=2, **FAST)
+    assert resumed.already_imported >= len(listed)
+    assert resumed.files + resumed.already_imported == N_KILLED
+    clean = import_warcs([str(src)], tmp_path / "clean", workers=1, **FAST)
+    files, manifest = _result(out)
+    assert (files, manifest) == _result(tmp_path / "clean")  # no file twice, none lost
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != OUTPUT_MARKER]
+    assert clean.files == N_KILLED

@@ -93,6 +93,35 @@ def test_heldout_split_is_deterministic(tmp_path, docs_path):
     assert len(heldout_ids(two, 0.9)) == 1
 
 
+def test_trains_on_a_bounded_sample_spread_over_the_days(tmp_path, gsm8k_docs):
+    rows = gsm8k_docs(600)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, day in enumerate(["2026-01-01", "2026-01-02", "2026-01-03"]):
+        write_parquet(corpus / f"{day}.parquet", rows[i * 200:(i + 1) * 200])
+    budget = 30_000
+    sample = [t for batch in bpe.sample_texts(corpus, budget, 0.05, 0) for t in batch]
+    assert sample == [t for batch in bpe.sample_texts(corpus, budget, 0.05, 0) for t in batch]
+    used = sum(len(t.encode()) for t in sample)
+    assert budget <= used < budget + 3 * max(len(r["text"].encode()) for r in rows)
+    by_text = {r["text"]: r["id"] for r in rows}
+    ids = [by_text[t] for t in sample]
+    # Every day contributes about a third, each from its first documents, none held out.
+    for i, day in enumerate(["2026-01-01", "2026-01-02", "2026-01-03"]):
+        day_ids = [x for x in ids if x in {r["id"] for r in rows[i * 200:(i + 1) * 200]}]
+        day_bytes = sum(len(t.encode()) for t in sample if by_text[t] in day_ids)
+        assert budget / 3 * 0.9 < day_bytes < budget / 3 + 2000
+        held = heldout_ids(corpus / f"{day}.parquet", 0.05, 0)
+        assert not held & set(day_ids)
+        kept = [r["id"] for r in rows[i * 200:(i + 1) * 200] if r["id"] not in held]
+        assert day_ids == kept[:len(day_ids)]
+    a = train_tokenizer(corpus, tmp_path / "a", bpe.TokenizerConfig(vocab_size=400, sample_bytes=budget))
+    train_tokenizer(corpus, tmp_path / "b", bpe.TokenizerConfig(vocab_size=400, sample_bytes=budget))
+    assert a.train_chars == len("".join(sample)) and a.train_documents == len(sample)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert a.heldout_documents > 0 and a.bytes_per_token > 1.5
+
+
 def test_cli(tmp_path, gsm8k_docs, capsys):
     small = tmp_path / "small.parquet"
     write_parquet(small, gsm8k_docs(300))

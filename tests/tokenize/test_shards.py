@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli_checks import assert_refused, foreign_dir, lmforge, read_only_dir, snapshot
-from lmforge.io import read_parquet_rows, write_parquet
+from lmforge.io import (count_rows, part_path, read_parquet_rows, removed_path_for, write_manifest,
+                        write_parquet)
 from lmforge.tokenize import shards
 from lmforge.tokenize.bpe import heldout_ids
 from lmforge.tokenize.shards import ShardConfig, load_tokens, token_dtype, tokenize_documents
@@ -161,3 +162,106 @@ def test_cli_bad_inputs_are_one_line_errors(case, trained, gsm8k_docs, tmp_path)
     before = snapshot(*roots)
     proc = lmforge("tokenize", docs, out, "--tokenizer", tok)
     assert_refused(proc, parents=[tmp_path], before=before, roots=roots, says=says)
+
+
+# --------------------------------------------------------------------------- one shard set per day
+
+def _write_day_dir(corpus, day: str, rows: list[dict]) -> None:
+    """A day in the curation stages' directory layout: parts, then ``_manifest.json`` last."""
+    d = corpus / day
+    d.mkdir()
+    halves = [rows[: len(rows) // 2], rows[len(rows) // 2:]]
+    for i, part in enumerate(halves):
+        write_parquet(part_path(d, i), part)
+        write_parquet(removed_path_for(part_path(d, i)), [])
+    write_manifest(d, [{"file": part_path(d, i).name, "removed": removed_path_for(part_path(d, i)).name,
+                        "rows": len(part), "removed_rows": 0} for i, part in enumerate(halves)])
+
+
+def _split_of(days_list_dir, split: str) -> set[str]:
+    from lmforge.train.data import shard_dirs
+
+    return {r["id"] for d in shard_dirs(days_list_dir) for r in read_parquet_rows(d / "val.parquet")} \
+        if split == "val" else set()
+
+
+def test_a_new_day_tokenizes_only_that_day(trained, gsm8k_docs, tmp_path):
+    from lmforge.train.data import open_shard, read_header, shard_dirs
+
+    rows = gsm8k_docs(300)
+    corpus, days = tmp_path / "corpus", tmp_path / "days"
+    corpus.mkdir()
+    write_parquet(corpus / "2026-01-01.parquet", rows[:150])  # the one-file layout of a day
+    first = shards.tokenize_days(corpus, trained[0], days, tmp_path / "v1")
+    assert (first.days, first.days_tokenized) == (1, 1)
+    (day1,) = shard_dirs(tmp_path / "v1")
+    before = {name: (day1 / name).stat() for name in ("train.bin", "val.bin", "manifest.json")}
+
+    _write_day_dir(corpus, "2026-01-02", rows[150:])  # the parts + manifest layout
+    second = shards.tokenize_days(corpus, trained[0], days, tmp_path / "v2")
+    assert (second.days, second.days_tokenized) == (2, 1)
+    dirs = shard_dirs(tmp_path / "v2")
+    assert dirs[0].resolve() == day1.resolve() and len(dirs) == 2
+    for name, st in before.items():  # the old day's files were not written again
+        now = (day1 / name).stat()
+        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (st.st_ino, st.st_mtime_ns, st.st_size)
+    # The list reads as each day tokenized on its own, oldest first.
+    for split in ("train", "val"):
+        alone = [load_tokens(d, split) for d in dirs]
+        tokens, header = open_shard(tmp_path / "v2", split)
+        assert tokens[0:len(tokens)].tolist() == np.concatenate(alone).tolist()
+        assert header["num_tokens"] == len(tokens) == sum(map(len, alone))
+        assert json.loads((tmp_path / "v2" / f"{split}.json").read_text())["num_tokens"] == len(tokens)
+        assert read_header(tmp_path / "v2", split)["num_tokens"] == len(tokens)
+    assert second.train_tokens == first.train_tokens + json.loads(
+        (dirs[1] / "manifest.json").read_text())["stats"]["train_tokens"]
+    listing = json.loads((tmp_path / "v2" / "shards.json").read_text())
+    assert [d["day"] for d in listing["days"]] == ["2026-01-01", "2026-01-02"]
+    assert sum(d["train_tokens"] for d in listing["days"]) == second.train_tokens
+    # The held-out split is per document: day 1's documents stay where they were.
+    v1_val, v2_val = _split_of(tmp_path / "v1", "val"), _split_of(tmp_path / "v2", "val")
+    assert v1_val and v1_val < v2_val
+    assert v2_val - v1_val == heldout_ids(corpus / "2026-01-02", 0.05, 0)
+    # The version's val.parquet: the first eval_documents held-out documents, oldest day first.
+    assert [r["id"] for r in read_parquet_rows(tmp_path / "v2" / "val.parquet")] == \
+        [r["id"] for d in dirs for r in read_parquet_rows(d / "val.parquet")]
+    small = shards.tokenize_days(corpus, trained[0], days, tmp_path / "v3", ShardConfig(eval_documents=2))
+    assert small.days_tokenized == 0 and count_rows(tmp_path / "v3" / "val.parquet") == 2
+
+
+def test_day_sets_are_redone_when_their_input_or_files_change(trained, gsm8k_docs, tmp_path):
+    from lmforge.train.data import shard_dirs
+
+    rows = gsm8k_docs(200)
+    corpus, days = tmp_path / "corpus", tmp_path / "days"
+    corpus.mkdir()
+    write_parquet(corpus / "2026-01-01.parquet", rows[:100])
+    write_parquet(corpus / "2026-01-02.parquet", rows[100:])
+    assert shards.tokenize_days(corpus, trained[0], days, tmp_path / "a").days_tokenized == 2
+    assert shards.tokenize_days(corpus, trained[0], days, tmp_path / "a").days_tokenized == 0
+    # Day 2 curated again (say with a new filter): only it is tokenized again, into a new set.
+    old_day2 = shard_dirs(tmp_path / "a")[1].resolve()
+    write_parquet(corpus / "2026-01-02.parquet", rows[100:180])
+    again = shards.tokenize_days(corpus, trained[0], days, tmp_path / "b")
+    assert again.days_tokenized == 1 and shard_dirs(tmp_path / "b")[1].resolve() != old_day2
+    assert old_day2.is_dir()  # still what version "a" lists
+    # A set without its manifest (killed before it was renamed into place, or damaged) is redone.
+    day1 = shard_dirs(tmp_path / "b")[0]
+    (day1 / "manifest.json").unlink()
+    assert shards.tokenize_days(corpus, trained[0], days, tmp_path / "c").days_tokenized == 1
+    with open(day1 / "train.bin", "ab") as f:
+        f.write(b"\0\0")
+    assert shards.tokenize_days(corpus, trained[0], days, tmp_path / "d").days_tokenized == 1
+    # Another split setting is another set.
+    assert shards.tokenize_days(corpus, trained[0], days, tmp_path / "e",
+                                ShardConfig(val_fraction=0.2)).days_tokenized == 2
+
+
+def test_days_cli(trained, gsm8k_docs, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_parquet(corpus / "2026-01-01.parquet", gsm8k_docs(50))
+    assert shards.main([str(corpus), str(tmp_path / "out"), "--tokenizer", str(trained[0]),
+                        "--days", str(tmp_path / "days")]) == 0
+    assert json.loads(capsys.readouterr().out)["days_tokenized"] == 1
+    assert (tmp_path / "out" / "shards.json").is_file()

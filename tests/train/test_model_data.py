@@ -87,3 +87,69 @@ def test_bad_shards_are_rejected(tmp_path, shards_dir):
     (tmp_path / "train.json").write_text(json.dumps({"dtype": "int8", "num_tokens": 100, "vocab_size": 10, "eos_id": 0}))
     with pytest.raises(LmforgeError, match="dtype"):
         TokenWindows(tmp_path, "train", 32)
+
+
+# --------------------------------------------------------------------------- a list of day shards
+
+def _day_list(shards_dir, root, cuts: list[int]):
+    """``shards_dir``'s train and val tokens cut into day shard sets at ``cuts``, listed in a
+    ``shards.json`` the way ``tokenize_days`` writes it (the day sets outside the list's dir)."""
+    listing, days = root / "version" / "shards", root / "days"
+    listing.mkdir(parents=True)
+    pieces = {s: np.split(np.asarray(open_shard(shards_dir, s)[0]), cuts) for s in ("train", "val")}
+    _, header = open_shard(shards_dir, "train")
+    entries = []
+    for i in range(len(cuts) + 1):
+        d = days / f"2026-01-0{i + 1}" / "key"
+        d.mkdir(parents=True)
+        for split in ("train", "val"):
+            pieces[split][i].astype(np.uint16).tofile(d / f"{split}.bin")
+            (d / f"{split}.json").write_text(json.dumps({**header, "num_tokens": int(pieces[split][i].size)}))
+        entries.append({"day": f"2026-01-0{i + 1}", "dir": f"../../days/2026-01-0{i + 1}/key"})
+    (listing / "shards.json").write_text(json.dumps({"format": "lmforge-day-shards/1", "days": entries}))
+    for split in ("train", "val"):  # the list's own headers, as tokenize_days writes them
+        (listing / f"{split}.json").write_text(json.dumps(
+            {**header, "num_tokens": sum(int(p.size) for p in pieces[split]), "shards": "shards.json"}))
+    return listing
+
+
+def test_a_list_of_day_shards_reads_as_their_concatenation(shards_dir, tmp_path):
+    from lmforge.train.data import check_vocabulary, max_token_id, read_header, shard_files
+
+    listing = _day_list(shards_dir, tmp_path, [1000, 1000, 5000])  # an empty day among them
+    one, _ = open_shard(shards_dir, "train")
+    many, header = open_shard(listing, "train")
+    assert len(many) == len(one) and header["num_tokens"] == len(one) == read_header(listing, "train")["num_tokens"]
+    for a, b in [(0, 10), (990, 1010), (995, 5005), (4999, 5001), (0, len(one)), (len(one) - 3, len(one) + 5)]:
+        assert many[a:b].tolist() == one[a:b].tolist()
+    w1, wn = TokenWindows(shards_dir, "train", 32, seed=2), TokenWindows(listing, "train", 32, seed=2)
+    for step in range(5):
+        assert torch.equal(w1.batch(step, 0, 8, 1)["input_ids"], wn.batch(step, 0, 8, 1)["input_ids"])
+    check_vocabulary(listing, 1024)
+    assert max_token_id(listing, "train") == int(one.max()) == max_token_id(shards_dir, "train")
+    with pytest.raises(LmforgeError, match="vocab_size 1024 but the tokenizer has 1000"):
+        check_vocabulary(listing, 1000)
+    assert len(shard_files(listing)) == 1 + 4 * 4 and all(f.is_file() for f in shard_files(listing))
+    # A damaged list, or one whose day shard is cut short, is one line.
+    day3 = tmp_path / "days" / "2026-01-03" / "key" / "train.bin"
+    day3.write_bytes(day3.read_bytes()[:-2])
+    with pytest.raises(LmforgeError, match="does not match header"):
+        TokenWindows(listing, "train", 32)
+    (listing / "shards.json").write_text("{}")
+    with pytest.raises(LmforgeError, match="not a token shard list"):
+        TokenWindows(listing, "train", 32)
+
+
+def test_pretraining_on_a_list_of_day_shards_equals_one_shard(shards_dir, tokenizer_dir, tmp_path):
+    from lmforge.train.pretrain import PretrainConfig, pretrain
+
+    listing = _day_list(shards_dir, tmp_path, [20_000, 40_000])
+    summaries = []
+    for name, data in (("one", shards_dir), ("days", listing)):
+        out = tmp_path / f"run-{name}"
+        pretrain(PretrainConfig(data_dir=str(data), tokenizer_dir=str(tokenizer_dir), out_dir=str(out),
+                                seq_len=32, micro_batch=4, max_steps=4, warmup_steps=1, lr=3e-3,
+                                eval_batches=1, eval_every=0, log_every=1, device="cpu"))
+        summaries.append(json.loads((out / "summary.json").read_text()))
+    assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
+    assert summaries[0]["val_loss"] == summaries[1]["val_loss"]
