@@ -4,7 +4,9 @@ Every materialization of a versioned asset writes ``<root>/<deployment>/<asset>/
 <version>/`` with a ``version.json`` beside its files (what made it: the asset, its partition,
 its code version, config and upstream versions, the run, the time). This module reads that
 layout; which versions are still in use is decided by the caller (``pipelines.versions`` asks
-the Dagster instance) and passed in as ``protected``.
+the Dagster instance) and passed in as ``protected``. A remote root (``s3://...``) is read through
+``lmforge.remote``: only committed versions (with their manifest) are listed, and a removal
+deletes the manifest first.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def partition_dir_name(partition: str) -> str:
 
 @dataclass
 class Version:
-    path: Path
+    path: Path | str
+    """The directory, or on a remote root its URL."""
     asset: str
     partition: str | None
     version: str
@@ -50,8 +53,12 @@ def _size(path: Path) -> int:
 
 
 def list_versions(root: str | Path, sizes: bool = False) -> list[Version]:
-    """Every version under ``root`` (an artifact root or one deployment's directory), oldest
-    first within each asset and partition."""
+    """Every version under ``root`` (an artifact root or one deployment's directory, or their
+    URL), oldest first within each asset and partition."""
+    from lmforge.remote import is_remote
+
+    if is_remote(str(root)):
+        return _sorted(_remote_versions(str(root)))
     root = Path(root)
     found = []
     for record in sorted(root.glob("**/" + VERSION_FILE)):
@@ -72,7 +79,47 @@ def list_versions(root: str | Path, sizes: bool = False) -> list[Version]:
                              created=str(meta.get("created", "")), run_id=str(meta.get("run_id", "")),
                              size_bytes=_size(vdir) if sizes else 0,
                              released=release.is_file(), source=source))
-    found.sort(key=lambda v: (v.asset, v.partition or "", v.created, v.version))
+    return _sorted(found)
+
+
+def _sorted(found: list[Version]) -> list[Version]:
+    return sorted(found, key=lambda v: (v.asset, v.partition or "", v.created, v.version))
+
+
+def _remote_versions(root: str) -> list[Version]:
+    """The committed versions under a remote root: units whose manifest names a version record
+    (sizes from the manifest, one read of each version's record)."""
+    from lmforge.remote import committed_units, filesystem, read_manifest
+
+    fs, base = filesystem(root)
+    root = root.rstrip("/")
+    found = []
+    for key in committed_units(fs, base):
+        url = root + key[len(base):]
+        manifest = read_manifest(fs, key, url)
+        files = manifest["files"] if manifest else {}
+        if VERSION_FILE not in files:
+            continue  # a fixed path (a day's documents, a crawl day), not a version
+        try:
+            meta = json.loads(fs.cat_file(f"{key}/{VERSION_FILE}"))
+            source = (json.loads(fs.cat_file(f"{key}/{RELEASE_FILE}")).get("source")
+                      if RELEASE_FILE in files else None)
+        except (OSError, ValueError):
+            continue
+        found.append(Version(path=url, asset=str(meta.get("asset", "?")),
+                             partition=meta.get("partition"),
+                             version=str(meta.get("version", url.rsplit("/", 1)[-1])),
+                             created=str(meta.get("created", "")),
+                             run_id=str(meta.get("run_id", "")),
+                             size_bytes=sum(int(e["size"]) for e in files.values()),
+                             released=RELEASE_FILE in files, source=source))
+    # A release names its source as the local path it had where it was made (a cache of this
+    # root, with this root's layout): the version whose place in the root ends that path.
+    by_rel = {str(v.path)[len(root) + 1:]: str(v.path) for v in found}
+    for v in found:
+        if v.source and "://" not in v.source:
+            v.source = next((url for rel, url in by_rel.items()
+                             if v.source.rstrip("/").endswith("/" + rel)), v.source)
     return found
 
 
@@ -109,7 +156,14 @@ def plan_prune(versions: list[Version], keep_last: int, protected: dict[str, str
 
 
 def remove_version(version: Version) -> None:
-    """Remove one version directory (its record last, so a half-removed one is still listed)."""
+    """Remove one version directory (its record last, so a half-removed one is still listed).
+    On a remote root: its manifest first, so a half-removed one is invisible to every reader."""
+    from lmforge.remote import filesystem, is_remote, remove_unit
+
+    if is_remote(str(version.path)):
+        fs, key = filesystem(str(version.path))
+        remove_unit(fs, key)
+        return
     for child in version.path.iterdir():
         if child.name == VERSION_FILE:
             continue

@@ -45,7 +45,8 @@ def _scores(meta: dict) -> str:
     return shown
 
 
-def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> list[str]:
+def summary_lines(instance, artifacts: Path | str, suite: str, tasks: list[str],
+                  store=None) -> list[str]:
     """What a person wants to see after the run: counts, sizes, losses, scores, where things are."""
     from assets.data import STAGES
     from assets.partitions import adapter_eval_key
@@ -75,10 +76,12 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
     if release:
         lines.append(f"{'released model:':<36}{release.get('released_version', '?')} "
                      f"(previous: {release.get('previous_release', '?')})")
-    lines += alignment_lines(instance)
+    lines += alignment_lines(instance, store)
     report = _metadata(instance, "pipeline_report")
     lines += ["", f"artifacts:   {artifacts}/<asset>/[<partition>/]<version>/ "
               "(`python -m pipelines.versions list` lists them)",
+              *([f"cache:       {store.root_dir() / DEPLOYMENT} (this machine's copy)"]
+                if store is not None and store.mirror() is not None else []),
               f"release:     {release.get('model_dir', '(none yet)')}",
               f"report:      {report.get('report', '(none yet)')}",
               f"dagster:     {os.environ['DAGSTER_HOME']}",
@@ -86,8 +89,9 @@ def summary_lines(instance, artifacts: Path, suite: str, tasks: list[str]) -> li
     return lines
 
 
-def alignment_lines(instance) -> list[str]:
-    """Past SFT: the pairs, each stage's held-out figure before -> after, the arena's order."""
+def alignment_lines(instance, store=None) -> list[str]:
+    """Past SFT: the pairs, each stage's held-out figure before -> after, the arena's order.
+    ``store`` resolves the arena's version (on a remote root, from its cache)."""
     pairs = _metadata(instance, "preference_pairs")
     if not pairs:
         return []
@@ -107,10 +111,12 @@ def alignment_lines(instance) -> list[str]:
         lines[-1] += (f" ({grpo.get('reward')}; exact answers {_num(grpo['heldout_exact_before'])}"
                       f" -> {_num(grpo.get('heldout_exact_after', '?'))})")
     arena = _metadata(instance, "arena_ratings")
-    if arena:
+    version = (store.latest("arena_ratings", instance=instance) if store is not None
+               else Path(arena["path"]) if arena else None)
+    if arena and version is not None:
         import json
 
-        ratings = json.loads((Path(arena["path"]) / "arena" / "ratings.json").read_text())["ratings"]
+        ratings = json.loads((version / "arena" / "ratings.json").read_text())["ratings"]
         board = ", ".join(f"{r['model']} {r['rating']:.0f}" for r in ratings.get("leaderboard", []))
         lines.append(f"{'arena (Bradley-Terry):':<36}{board}")
     return lines
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", default=None,
                         help="evaluation suite (default: the preset's; tiny: smoke)")
     parser.add_argument("--artifacts", default=None,
-                        help="artifact directory (default: LMFORGE_ARTIFACTS or ./artifacts)")
+                        help="artifact directory or URL, e.g. s3://bucket/prefix (default: "
+                        "LMFORGE_ARTIFACTS or ./artifacts)")
     parser.add_argument("--force", action="store_true",
                         help="materialize every asset again, fresh or not (a changed setting "
                         "that is not code gives new versions this way)")
@@ -264,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         failed = True
     elapsed = time.time() - started
-    for line in summary_lines(instance, store.root_dir() / DEPLOYMENT, suite, tasks):
+    artifacts = f"{store.root_url()}/{DEPLOYMENT}"
+    for line in summary_lines(instance, artifacts, suite, tasks, store):
         print(line)
     success = not failed and all(r.success for r in results)
     print(f"{len(results)} runs {'succeeded' if success else 'FAILED'} in {elapsed:.0f} s"

@@ -5,7 +5,9 @@ Every materialization of a versioned asset is a directory ``<root>/<deployment>/
 keeps them; ``prune --keep N`` removes all but the N newest of each asset and partition, and
 never removes: a release (``released_model``'s versions) or the version a release was made from,
 the version the latest materialization names (what downstream assets read), or a version newer
-than that one (a run may be writing it). ``--dry-run`` says what it would remove.
+than that one (a run may be writing it). ``--dry-run`` says what it would remove. On a remote
+root (``--artifacts s3://bucket/prefix``) it lists the committed versions and removes their
+objects, each version's manifest first.
 """
 
 from __future__ import annotations
@@ -66,18 +68,29 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    root = Path(args.artifacts or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts").resolve()
-    if args.deployment:
-        root = root / args.deployment
-    if not root.is_dir():
-        print(f"error: no artifact directory at {root}", file=sys.stderr)
-        return 2
+    from lmforge.remote import is_remote
+
+    given = args.artifacts or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
+    if is_remote(given):  # only the committed versions (their manifest is there)
+        root: str | Path = given.rstrip("/") + (f"/{args.deployment}" if args.deployment else "")
+    else:
+        root = Path(given.removeprefix("file://")).resolve()
+        if args.deployment:
+            root = root / args.deployment
+        if not root.is_dir():
+            print(f"error: no artifact directory at {root}", file=sys.stderr)
+            return 2
     try:
         versions = list_versions(root, sizes=True)
         instance = dg.DagsterInstance.get()
         plan = plan_prune(versions, getattr(args, "keep", 3), _protected(instance, versions))
     except (LmforgeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the object store's client: no endpoint, credentials refused
+        if not is_remote(given):
+            raise
+        print(f"error: {root}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     kept = {str(v.path) for v in plan.keep}
     if args.command == "list":

@@ -82,7 +82,10 @@ def for_deployment(assets_def: dg.AssetsDefinition, op_prefix: str,
     deployments' copies of one asset may not share an op name in one code location) and, when
     ``values`` is given, those as the defaults of its run config: a deployment's settings, shown
     in the launchpad and used by runs that automation starts (which carry no run config). A run
-    config still overrides any field."""
+    config still overrides any field. An asset's compute is wrapped by
+    :func:`resources.store.commit_after`, so whatever starts the run (a job, automation, the
+    launchpad), what the asset wrote is uploaded to a remote artifact root before its
+    materialization is recorded."""
     op = assets_def.node_def
     schema = None
     if values:
@@ -105,5 +108,24 @@ def for_deployment(assets_def: dg.AssetsDefinition, op_prefix: str,
         deployed = pydantic.create_model(cls.__name__, __base__=cls, **fields)  # type: ignore[call-overload]
         schema = deployed.to_config_schema()
     new_op = op.with_replaced_properties(name=f"{op_prefix}__{op.name}", config_schema=schema)
+    if assets_def.keys and "store" in op.required_resource_keys:
+        from dagster._core.definitions.decorators.op_decorator import DecoratedOpFunction
+
+        from resources.store import commit_after
+
+        new_op = dg.OpDefinition.dagster_internal_init(
+            **{**_op_attributes(new_op),
+               "compute_fn": DecoratedOpFunction(commit_after(op.compute_fn.decorated_fn))})
     return type(assets_def).dagster_internal_init(**{**assets_def.get_attributes_dict(),
                                                      "node_def": new_op})
+
+
+def _op_attributes(op: dg.OpDefinition) -> dict[str, Any]:
+    """What ``OpDefinition.dagster_internal_init`` takes to rebuild ``op``, as
+    ``with_replaced_properties`` passes it."""
+    return {"name": op.name, "ins": {d.name: dg.In.from_definition(d) for d in op.input_defs},
+            "outs": {d.name: dg.Out.from_definition(d) for d in op.output_defs},
+            "compute_fn": op.compute_fn, "config_schema": op.config_schema,
+            "description": op.description, "tags": op.tags,
+            "required_resource_keys": op.required_resource_keys, "code_version": op._version,
+            "retry_policy": op.retry_policy, "version": None, "pool": op.pool}

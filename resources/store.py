@@ -19,21 +19,33 @@ released one).
 
 The curation stages are partitioned by day, and a day's file is their version: they use
 :meth:`ArtifactStore.fixed_path` (one file per day, replaced atomically, the dedup index beside).
+
+Remote roots (``s3://bucket/prefix``, ``gs://...``, any fsspec URL; ``lmforge.remote``): the
+assets and the training processes still see local paths, in a cache that mirrors the root
+(``cache``, else ``LMFORGE_CACHE``, else ``~/.cache/lmforge/<hash of the root>``). Handing out a
+path of another asset downloads the committed units it lies in (a version, a crawl day, the
+documents); when an asset's compute ends successfully (:func:`commit_after`, wrapped around every
+asset by ``resources.config.for_deployment``), the version it wrote and the fixed paths it took
+are uploaded, every file first and the manifest last. ``path`` in the metadata is the remote URL,
+so any machine resolves it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 from pydantic import Field
 
 from lmforge.errors import LmforgeError
+from lmforge.remote import Mirror, is_remote
 from lmforge.versions import VERSION_FILE, partition_dir_name
 
 
@@ -48,14 +60,21 @@ def _op_context(ctx):
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """A local directory (relative paths are taken from the current directory)."""
+    """A local directory (relative paths are taken from the current directory), or a remote
+    root mirrored by a local cache."""
 
     root: str = Field(
         default="",
-        description="Directory that holds one sub-directory per deployment, and in it one per "
-        "asset. Empty: LMFORGE_ARTIFACTS, else ./artifacts (read when the run starts). Remote "
-        "object stores (s3://, gs://) are not supported yet: mount them, or sync this directory "
-        "after the run.",
+        description="Directory or URL (s3://bucket/prefix, gs://bucket/prefix, any fsspec URL) "
+        "that holds one sub-directory per deployment, and in it one per asset. Empty: "
+        "LMFORGE_ARTIFACTS, else ./artifacts (read when the run starts). S3 takes the standard "
+        "AWS_* variables (AWS_ENDPOINT_URL for another S3 server).",
+    )
+    cache: str = Field(
+        default="",
+        description="For a remote root: the local directory that mirrors it (what the assets and "
+        "training processes read and write). Empty: LMFORGE_CACHE, else "
+        "~/.cache/lmforge/<hash of the root>.",
     )
     deployment: str = Field(
         default="",
@@ -64,14 +83,38 @@ class ArtifactStore(dg.ConfigurableResource):
     )
 
     # -- where -----------------------------------------------------------------------------
-    def root_dir(self) -> Path:
+    def root_url(self) -> str:
+        """The root as configured: a local directory (resolved) or a remote URL."""
         root = self.root or os.environ.get("LMFORGE_ARTIFACTS") or "artifacts"
-        if "://" in root:
-            raise ValueError(
-                f"ArtifactStore.root={root!r}: remote URLs are not supported yet; use a local "
-                "or mounted directory"
-            )
-        return Path(root).expanduser().resolve()
+        if is_remote(root):
+            return root.rstrip("/")
+        return str(Path(root.removeprefix("file://")).expanduser().resolve())
+
+    def mirror(self) -> Mirror | None:
+        """The remote root and its cache; None for a local root."""
+        root = self.root_url()
+        return Mirror(root, self.cache or None) if is_remote(root) else None
+
+    def root_dir(self) -> Path:
+        """The local directory the assets read and write: the root, or a remote root's cache."""
+        mirror = self.mirror()
+        return mirror.cache if mirror is not None else Path(self.root_url())
+
+    def url(self, path: str | os.PathLike) -> str:
+        """What another machine resolves: a cache path as its remote URL (else unchanged)."""
+        mirror = self.mirror()
+        rel = mirror.rel(path) if mirror is not None and "://" not in str(path) else None
+        return mirror.url(rel) if rel is not None else str(path)
+
+    def local(self, value: str | os.PathLike) -> Path | None:
+        """A path recorded in metadata as a local path: a remote URL under this root as its
+        place in the cache (None for a URL elsewhere)."""
+        text = str(value)
+        if "://" not in text:
+            return Path(text)
+        mirror = self.mirror()
+        rel = mirror.rel(text) if mirror is not None else None
+        return mirror.local(rel) if rel is not None else None
 
     def current_deployment(self) -> str:
         ctx = _current_context()
@@ -89,15 +132,37 @@ class ArtifactStore(dg.ConfigurableResource):
         deployment = self.current_deployment()
         return dg.AssetKey([deployment, name]) if deployment else dg.AssetKey(name)
 
-    def asset_dir(self, name: str) -> Path:
-        """The directory that holds every version of one asset (created if missing)."""
+    def _asset_dir(self, name: str) -> Path:
         d = self.base() / name
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def asset_dir(self, name: str) -> Path:
+        """The directory that holds every version of one asset (created if missing). On a
+        remote root, for another asset than the one being materialized: with its committed
+        fixed paths (not its versions) in the cache."""
+        d = self._asset_dir(name)
+        mirror = self.mirror()
+        ctx = _current_context()
+        if mirror is not None and not (ctx is not None and _is_materializing(ctx, name)):
+            mirror.pull(mirror.rel(d), within=mirror.rel(d), versions=False)
+        return d
+
     def fixed_path(self, name: str, *parts: str) -> Path:
-        """A path that is the same for every run (the curation stages' day files, their index)."""
-        return self.asset_dir(name).joinpath(*parts)
+        """A path that is the same for every run (the curation stages' day files, their index).
+        On a remote root: with what is committed there in the cache; taken by the asset being
+        materialized, it is uploaded when the asset succeeds (the directory, or the file's
+        directory)."""
+        d = self._asset_dir(name)
+        path = d.joinpath(*parts)
+        mirror = self.mirror()
+        if mirror is None:
+            return path
+        mirror.pull(mirror.rel(path), within=mirror.rel(d))
+        ctx = _current_context()
+        if ctx is not None and _is_materializing(ctx, name):
+            _written(ctx).add(path)
+        return path
 
     # -- versions ------------------------------------------------------------------------
     def path(self, name: str, *parts: str, partition: str | None = None) -> Path:
@@ -126,8 +191,14 @@ class ArtifactStore(dg.ConfigurableResource):
         value = meta.get("path")
         if value is None:
             return None
-        path = Path(getattr(value, "value", value))
-        return path if path.is_dir() else None
+        path = self.local(getattr(value, "value", value))
+        mirror = self.mirror()
+        if path is not None and mirror is not None and (rel := mirror.rel(path)) is not None:
+            # Committed remotely: into the cache (a no-op when it is there already). Not
+            # committed (pruned, or never uploaded): only a copy this cache holds.
+            if not mirror.pull_unit(rel) and mirror.synced(rel) is None:
+                return None
+        return path if path is not None and path.is_dir() else None
 
     def latest_metadata(self, name: str, partition: str | None = None,
                         instance: dg.DagsterInstance | None = None) -> dict[str, Any]:
@@ -154,10 +225,16 @@ class ArtifactStore(dg.ConfigurableResource):
                   "config": op.op_config, "upstream": _upstream_versions(ctx, op, key)}
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode())
         version = digest.hexdigest()[:12]
-        where = self.asset_dir(name)
+        where = self._asset_dir(name)
         if partition is not None:
             where = where / partition_dir_name(partition)
         vdir = where / version
+        mirror = self.mirror()
+        if mirror is not None and vdir not in _written(ctx):
+            # The same settings were committed before (by any machine), or a killed run
+            # committed units inside it (a checkpoint): continue from that copy.
+            mirror.pull(mirror.rel(vdir), within=mirror.rel(vdir))
+            _written(ctx).add(vdir)
         record = vdir / VERSION_FILE
         if not record.exists():
             vdir.mkdir(parents=True, exist_ok=True)
@@ -166,9 +243,72 @@ class ArtifactStore(dg.ConfigurableResource):
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "run_id": op.run_id, "inputs": inputs}, indent=2, sort_keys=True, default=str))
         if not getattr(op, "_lmforge_path_recorded", False):
-            op.add_output_metadata({"path": str(vdir), "version": version})
+            op.add_output_metadata({"path": self.url(vdir), "version": version})
             op._lmforge_path_recorded = True
         return vdir
+
+    def commit(self, ctx) -> list[str]:
+        """Upload what the asset being materialized wrote (the units of :func:`_written`): on a
+        remote root, every file first and each unit's manifest last. The URLs of the units."""
+        mirror = self.mirror()
+        taken = sorted(_written(ctx)) if ctx is not None else []
+        if mirror is None or not taken:
+            return []
+        units = []
+        for path in taken:
+            unit = path if path.is_dir() or not path.exists() else path.parent
+            if not any(unit == u or u in unit.parents for u in units):
+                units = [u for u in units if unit not in u.parents] + [unit]
+        for unit in units:
+            mirror.push(mirror.rel(unit))
+        return [self.url(u) for u in units]
+
+
+def _written(ctx) -> set[Path]:
+    """The paths the asset being materialized took for writing (kept on its op's context)."""
+    op = _op_context(ctx)
+    if not hasattr(op, "_lmforge_written"):
+        op._lmforge_written = set()
+    return op._lmforge_written
+
+
+def _remote_paths(store: "ArtifactStore", value: Any) -> Any:
+    """A result with its ``path`` metadata as the URL another machine resolves."""
+    metadata = getattr(value, "metadata", None)
+    if not isinstance(value, (dg.MaterializeResult, dg.Output)) or "path" not in (metadata or {}):
+        return value
+    path = metadata["path"]
+    raw = getattr(path, "value", path)
+    url = store.url(raw) if isinstance(raw, (str, os.PathLike)) else raw
+    if url == raw:
+        return value
+    new = {**metadata, "path": dg.MetadataValue.path(url) if isinstance(path, dg.PathMetadataValue)
+           else url}
+    if isinstance(value, dg.Output):
+        return value.with_metadata(new)
+    return value._replace(metadata=new)
+
+
+def commit_after(fn: Callable) -> Callable:
+    """``fn`` (an asset's compute function), then the upload of what it wrote when it succeeds,
+    before its materialization is recorded: a materialization names only committed data."""
+    def finish(kwargs: dict, results: list) -> list:
+        store = kwargs.get("store")
+        if not isinstance(store, ArtifactStore):
+            return results
+        store.commit(_current_context())
+        return [_remote_paths(store, r) for r in results]
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generate(*args, **kwargs):
+            yield from finish(kwargs, list(fn(*args, **kwargs)))
+        return generate
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return finish(kwargs, [fn(*args, **kwargs)])[0]
+    return call
 
 
 def _context_key(ctx) -> dg.AssetKey | None:
