@@ -1,6 +1,7 @@
 """Dedup speed and accuracy: lmforge dedup against datasketch used the obvious way.
 
     python benchmarks/dedup_speed.py [--bases 3000] [--variants 1000] [--threshold 0.8]
+        [--backend local|ray] [--workers N]
 
 Documents are real text: pairs of GSM8K train questions with their answers (from the local
 benchmark mirror, `lmforge.paths.benchmarks_dir()`). After all the base documents come edited
@@ -15,9 +16,10 @@ Both run here, single process, on the same documents; lmforge's time includes re
 Parquet, the baseline's does not.
 
 Then the persistent index (``--index-docs``, 0 to skip): a run commits that many documents to an
-index directory, and a batch of 1,000 documents is deduplicated against it. That batch's time is
-mostly loading the index (Parquet, ``.npy`` and JSON; the LSH rebuilt from the stored signatures)
-and committing its new segment.
+index directory as one segment, and a batch of 1,000 documents is deduplicated against it. The
+earlier segment is read in place (only the hash ranges of its band and digest tables that each
+task needs, memory-mapped), and the batch writes only its own segment. Scaling (state bytes per
+document, workers, Ray): ``benchmarks/dedup_state.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 
 from lmforge.curate.dedup import DedupConfig, dedup_documents  # noqa: E402
+from lmforge.curate.parallel import ParallelConfig  # noqa: E402
 from lmforge.curate.text import normalize  # noqa: E402
 from lmforge.io import read_parquet_rows, write_parquet  # noqa: E402
 
@@ -104,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--index-docs", type=int, default=10_000,
                     help="documents in the persistent-index measurement (0: skip it)")
+    ap.add_argument("--backend", choices=("local", "ray"), default="local")
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
+    parallel = ParallelConfig(backend=args.backend, workers=args.workers)
 
     rng = random.Random(args.seed)
     gsm = load_gsm8k()
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                             for i, x in enumerate(texts)])
         cfg = DedupConfig(threshold=t, num_perm=args.num_perm, shingle=k)
         t0 = time.perf_counter()
-        stats = dedup_documents(src, Path(tmp) / "out.parquet", Path(tmp) / "removed.parquet", cfg)
+        stats = dedup_documents(src, Path(tmp) / "out.parquet", Path(tmp) / "removed.parquet", cfg,
+                                parallel=parallel)
         lm_s = time.perf_counter() - t0
         lm_pred = {int(r["id"]) for r in read_parquet_rows(Path(tmp) / "removed.parquet", ["id"])}
 
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     lm = scores(lm_pred, truth)
     nv = scores(naive_pred, truth)
     n = len(texts)
-    print(f"lmforge dedup  : {n / lm_s:9.1f} docs/s  ({lm_s:.2f} s, Parquet I/O included)  "
+    print(f"lmforge dedup  : {n / lm_s:9.1f} docs/s  ({lm_s:.2f} s, Parquet I/O included, "
+          f"{parallel.backend} x{parallel.workers})  "
           f"P={lm[0]:.4f} R={lm[1]:.4f} F1={lm[2]:.4f}  "
           f"(exact {stats.exact_removed}, near {stats.near_removed}, LSH b={stats.lsh_bands} "
           f"r={stats.lsh_rows})")
@@ -157,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
           f"P={nv[0]:.4f} R={nv[1]:.4f} F1={nv[2]:.4f}")
     print(f"speed-up: {naive_s / lm_s:.1f}x")
     if args.index_docs:
-        index_speed(gsm, args.index_docs, cfg, rng)
+        index_speed(gsm, args.index_docs, cfg, rng, parallel)
     return 0
 
 
-def index_speed(gsm: list[str], n: int, cfg: DedupConfig, rng: random.Random) -> None:
+def index_speed(gsm: list[str], n: int, cfg: DedupConfig, rng: random.Random,
+                parallel: ParallelConfig) -> None:
     """Commit n documents to an index, then time a 1,000-document batch against it."""
     texts = [gsm[rng.randrange(len(gsm))] + "\n" + gsm[rng.randrange(len(gsm))] for _ in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,11 +181,11 @@ def index_speed(gsm: list[str], n: int, cfg: DedupConfig, rng: random.Random) ->
         cfg = cfg.model_copy(update={"index_path": str(tmp / "index")})
         t0 = time.perf_counter()
         first = dedup_documents(tmp / "first.parquet", tmp / "first.out.parquet",
-                                tmp / "first.removed.parquet", cfg)
+                                tmp / "first.removed.parquet", cfg, parallel=parallel)
         first_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         nxt = dedup_documents(tmp / "next.parquet", tmp / "next.out.parquet",
-                              tmp / "next.removed.parquet", cfg)
+                              tmp / "next.removed.parquet", cfg, parallel=parallel)
         next_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (tmp / "index").rglob("*") if p.is_file())
     print(f"index: {n} documents committed in {first_s:.2f} s ({first.kept_documents} kept); "

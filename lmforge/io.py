@@ -309,17 +309,98 @@ def read_parquet_rows(path: str | os.PathLike, columns: list[str] | None = None,
             raise LmforgeError(f"{file} is damaged ({str(e).strip().splitlines()[0]})") from None
 
 
+# A stage's day of documents is a directory of parts (``part-00000-<key>.parquet``, its removed
+# rows in ``part-00000-<key>.removed.parquet``, ...) with ``_manifest.json`` written last: a
+# directory without its manifest is a stage still running, or killed, and is never read.
+MANIFEST_FILE = "_manifest.json"
+PARTS_FORMAT = "lmforge-parts/1"
+_PART_NAME = re.compile(r"^part-\d{5,}(-[0-9a-f]{1,64})?\.parquet$")
+
+
+def part_path(day_dir: str | os.PathLike, index: int, key: str = "") -> Path:
+    """The ``index``-th part of a day directory (its removed rows: :func:`removed_path_for`).
+    ``key`` (hex) names what it was made from, so a run with another input or config writes
+    beside the parts the committed manifest lists instead of over them."""
+    return Path(day_dir) / f"part-{index:05d}{'-' + key if key else ''}.parquet"
+
+
+def read_manifest(day_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a day directory, or None when it has none (unfinished, or not one).
+
+    Part names are checked to be plain ``part-NNNNN[-key].parquet`` names in the directory: a
+    planted manifest cannot make a reader open a file elsewhere."""
+    path = Path(day_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"{path}: not a readable manifest ({e})") from None
+    parts = manifest.get("parts") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("format") != PARTS_FORMAT
+            or not isinstance(parts, list)):
+        raise LmforgeError(f"{path}: not a {PARTS_FORMAT} manifest")
+    for part in parts:
+        names = [part.get("file"), part.get("removed")] if isinstance(part, dict) else [None]
+        if not all(isinstance(n, str) and _PART_NAME.match(n.replace(".removed", "", 1))
+                   for n in names):
+            raise LmforgeError(f"{path}: a part is not named part-NNNNN[-key].parquet: "
+                               f"{part!r}"[:300])
+    return manifest
+
+
+def write_manifest(day_dir: str | os.PathLike, parts: list[Mapping[str, Any]],
+                   **info: Any) -> dict[str, Any]:
+    """Commit a day directory: its manifest, written last and atomically, lists ``parts``
+    (``{"file", "removed", "rows", "removed_rows", ...}``) with ``info`` (the config's
+    fingerprint, the stage)."""
+    manifest = {"format": PARTS_FORMAT, **info, "parts": [dict(p) for p in parts],
+                "rows": sum(int(p["rows"]) for p in parts),
+                "removed_rows": sum(int(p["removed_rows"]) for p in parts)}
+    write_json(Path(day_dir) / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _day_key(p: Path) -> str:
+    return p.name[: -len(".parquet")] if p.name.endswith(".parquet") else p.name
+
+
 def parquet_files(path: str | os.PathLike) -> list[Path]:
-    """The Parquet files at ``path``: the file itself, or the sorted ``*.parquet`` of a directory
-    (for example one file per day), leaving out the removed documents stored beside them
-    (``*.removed.parquet``, see ``removed_path_for``) and temporary files."""
+    """The Parquet files of documents at ``path``: the file itself; the parts a day directory's
+    manifest lists; or, for a directory of days (``<asset>/documents``), every day in order: the
+    ``*.parquet`` files and the day directories that have a manifest (one without is unfinished
+    and left out). The removed documents stored beside them (``*.removed.parquet``, see
+    :func:`removed_path_for`) and temporary files are left out."""
     p = Path(path)
     if p.is_dir():
-        return sorted(x for x in p.glob("*.parquet")
-                      if not x.name.startswith(".") and not x.name.endswith(".removed.parquet"))
+        manifest = read_manifest(p)
+        if manifest is not None:
+            files = [p / part["file"] for part in manifest["parts"]]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise MissingInputError(f"{p}: part(s) {', '.join(missing)} listed in its "
+                                        f"{MANIFEST_FILE} are missing")
+            return files
+        if is_lmforge_output(p) and any(p.glob("part-*.parquet")):
+            raise MissingInputError(f"{p} is an unfinished stage output (no {MANIFEST_FILE}): "
+                                    "the stage is running or was killed; run it again")
+        days = {_day_key(x): x for x in p.iterdir()
+                if x.is_dir() and not x.name.startswith(".") and read_manifest(x) is not None}
+        files = [x for x in p.glob("*.parquet")
+                 if x.is_file() and not x.name.startswith(".")
+                 and not x.name.endswith(".removed.parquet") and _day_key(x) not in days]
+        out: list[Path] = []
+        for x in sorted([*files, *days.values()], key=lambda x: (_day_key(x), x.name)):
+            out.extend(parquet_files(x) if x.is_dir() else [x])
+        return out
     if not p.exists():
         raise MissingInputError(f"no Parquet file or directory at {p}")
     return [p]
+
+
+def removed_files(path: str | os.PathLike) -> list[Path]:
+    """The removed documents that go with :func:`parquet_files` ``(path)`` (those that exist)."""
+    return [r for r in map(removed_path_for, parquet_files(path)) if r.is_file()]
 
 
 def count_rows(path: str | os.PathLike) -> int:

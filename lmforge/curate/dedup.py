@@ -1,24 +1,30 @@
 """Remove duplicate documents: exact duplicates (same normalized text), then near duplicates with
-MinHash LSH (datasketch) over word shingles.
+MinHash LSH (datasketch's signatures) over word shingles, shard-parallel.
 
-    lmforge dedup filtered.parquet deduped.parquet --threshold 0.8 --index minhash.index
+    lmforge dedup filtered.parquet deduped.parquet --threshold 0.8 --index minhash.index \
+        [--backend local|ray --workers N --ray-address HOST:PORT]
 
-Keep-first: documents are visited in input order; a document is removed when an earlier kept
-document (in this batch, or in any batch before it when a persistent index is given) has the same
-normalized text (``exact_duplicate``) or an estimated Jaccard similarity of word shingles of at
-least ``threshold`` (``near_duplicate``). The removed file names the kept document in
-``duplicate_of``.
+Keep-first: a document is removed when a document before it in (day, order) - earlier in this
+input, or kept on an earlier day when an index is given - that was itself kept has the same
+normalized text (``exact_duplicate``) or a Jaccard similarity of word shingles of at least
+``threshold`` among the LSH candidates (``near_duplicate``); the removed file names that document
+in ``duplicate_of`` (the most similar one; the earliest of equals). That is the answer of visiting
+the documents one by one with datasketch's ``MinHashLSH`` of the kept ones, computed in rounds
+that each split into independent tasks (:mod:`lmforge.curate.dedup_tasks`):
 
-The work is cut by concern:
+1. per shard: signatures, band keys, digests (parallel);
+2. per hash range of band buckets and digests: which earlier document holds each digest, the
+   candidate pairs of each bucket, confirmed and verified (parallel);
+3. on the driver: clusters of verified pairs (union-find), each decided in (day, order), keeping
+   the first; then per shard, the kept and removed documents are written (parallel), and the
+   day's kept documents become its index segment (:mod:`lmforge.curate.dedup_index`).
 
-- this module: the config, the run (decide each batch, write kept and removed) and the CLI;
-- :mod:`lmforge.curate.minhash`: MinHash signatures of many documents at once with numpy,
-  bit-for-bit datasketch's (so datasketch's ``MinHashLSH`` indexes them);
-- :mod:`lmforge.curate.dedup_lsh`: the kept documents in memory (exact-text digests, the LSH,
-  signatures, shingle sets), with the LSH in memory or in Redis (``storage_config``);
-- :mod:`lmforge.curate.dedup_index`: the persistent index (``--index DIR``), data only, and the
-  transaction that commits a run's kept documents to it together with the run's outputs (a run
-  killed at any point and retried gives what an uninterrupted run gives).
+The result does not depend on the shards, the hash ranges, the workers or the backend.
+
+The work is cut by concern: this module (config, driver, CLI); :mod:`lmforge.curate.minhash`
+(signatures, bit-for-bit datasketch's); :mod:`lmforge.curate.dedup_lsh` (banding, candidate
+pairs, verification, union-find); :mod:`lmforge.curate.dedup_tasks` (the parallel rounds);
+:mod:`lmforge.curate.dedup_index` (the per-day segments on disk).
 
 numpy, pyarrow and datasketch (which pulls in scipy) are imported by the functions that use them,
 so importing this module for :class:`DedupConfig` (the CLI's help, the Dagster definitions) is
@@ -29,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +50,10 @@ from lmforge.config import add_config_arguments, config_from_args
 from lmforge.errors import LmforgeError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
+    import numpy as np
 
-    from lmforge.curate.dedup_index import Commit
-    from lmforge.curate.dedup_lsh import DedupIndex
+    from lmforge.curate.dedup_tasks import Shard
+    from lmforge.curate.parallel import ParallelConfig
 
 
 class DedupConfig(BaseModel):
@@ -69,26 +77,25 @@ class DedupConfig(BaseModel):
         "than a false positive (one cheap check): the default favours recall")
     verify: Literal["exact", "estimate", "none"] = Field(
         "exact", description="how an LSH candidate is confirmed: 'exact' computes the Jaccard "
-        "similarity of the two shingle sets (precise; keeps the 32-bit shingle hashes of every "
-        "kept document in memory and in the index, about 4 bytes per word), 'estimate' uses the "
-        "MinHash estimate (num_perm * 4 bytes per document, but a ~0.035 standard error near the "
-        "threshold), 'none' takes every candidate (datasketch's plain LSH answer)")
+        "similarity of the two shingle sets (precise; the index keeps the 32-bit shingle hashes "
+        "of every kept document, about 4 bytes per word, read only for candidate pairs), "
+        "'estimate' uses the MinHash estimate (only the num_perm * 4 bytes of the signature, but "
+        "a ~0.035 standard error near the threshold), 'none' takes every candidate (datasketch's "
+        "plain LSH answer)")
     exact: bool = Field(True, description="remove exact duplicates of normalized text first")
     index_path: str | None = Field(
-        None, description="persistent index directory: loaded if it exists, and this run's kept "
-        "documents are committed to it together with the output, so the next batch is "
-        "deduplicated against everything kept before; a retry of a committed run gives the same "
-        "output again. One writer at a time (a lock refuses others)")
-    storage_config: dict[str, Any] | None = Field(
-        None, description="datasketch storage for the LSH, passed through: {\"type\": \"dict\"} "
-        "(in memory, rebuilt from the index's signatures) or {\"type\": \"redis\", \"basename\": "
-        "\"lmforge\", \"redis\": {\"host\": ..., \"port\": ...}}. Only the LSH buckets live in "
-        "Redis: kept ids, exact-text digests and signatures stay in index_path, so Redis needs "
-        "index_path and a fixed basename, and runs sharing a basename must share that index too")
+        None, description="persistent index directory of per-day segments: the run is "
+        "deduplicated against every segment before its own (read in place, never copied) and "
+        "writes its kept documents as its own segment, after its output; a retry of a committed "
+        "run gives the same output again. One writer at a time (a lock refuses others)")
     sample_clusters: int = Field(5, description="duplicate pairs to show in the metadata")
-    batch_rows: int = Field(
-        2_000, description="documents decided and written at a time (memory vs. progress "
-        "updates)")
+    shard_rows: int = Field(
+        10_000, description="documents per shard of the signature and write rounds: a Parquet "
+        "part, or a run of its row groups of about this many documents (a row group is never "
+        "split)")
+    partitions: int = Field(
+        0, description="hash ranges of the LSH buckets and text digests, one task each (0: two "
+        "per worker); the result does not depend on it")
 
 
 @dataclass
@@ -97,14 +104,23 @@ class DedupStats:
     kept_documents: int = 0
     exact_removed: int = 0
     near_removed: int = 0
-    index_documents_before: int = 0  # kept documents already in the persistent index
+    index_documents_before: int = 0  # kept documents in the segments before this run's
     index_documents_after: int = 0
-    # This input and output were committed to the index before: the output was derived again
-    # from the index as it was before that run, and nothing was added.
+    # This input and output were committed to the index before (a retry): the output was
+    # derived again from the segments before it, and the index was left as it was.
     replayed: bool = False
+    segment: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
     lsh_bands: int = 0
     lsh_rows: int = 0
+    shards: int = 0
+    partitions: int = 0
+    candidate_pairs: int = 0
+    verified_pairs: int = 0
+    clusters: int = 0
+    largest_cluster: int = 0
+    backend: str = "local"
+    workers: int = 1
     seconds: float = 0.0
 
     def to_metadata(self) -> dict[str, Any]:
@@ -118,152 +134,20 @@ class DedupStats:
             "index_documents_before": self.index_documents_before,
             "index_documents_after": self.index_documents_after,
             "index_replayed_run": self.replayed,
+            "index_segment": self.segment,
             "lsh_bands_rows": [self.lsh_bands, self.lsh_rows],
+            "shards": self.shards,
+            "hash_ranges": self.partitions,
+            "candidate_pairs": self.candidate_pairs,
+            "verified_pairs": self.verified_pairs,
+            "near_duplicate_clusters": self.clusters,
+            "largest_cluster": self.largest_cluster,
+            "backend": self.backend,
+            "workers": self.workers,
             "sample_clusters": self.samples,
             "seconds": round(self.seconds, 3),
             "documents_per_second": round(n / self.seconds, 1) if self.seconds else 0.0,
         }
-
-
-def _digest(normalized: str) -> bytes:
-    return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).digest()
-
-
-def _process_batch(rows: list[dict], cfg: DedupConfig, index: DedupIndex, perms,
-                   stats: DedupStats, pairs: list[tuple[str, str, str, float]]
-                   ) -> tuple[list[dict], list[dict]]:
-    """Decide a batch in input order; returns its (kept, removed) rows."""
-    import numpy as np
-
-    from lmforge.curate.minhash import signatures
-    from lmforge.curate.text import normalize, shingle_hashes
-
-    kept, removed = [], []
-    texts = [normalize(r["text"] or "") for r in rows]
-    # Empty normalized text has no shingles; such documents are only compared exactly.
-    hashes = [shingle_hashes(t, cfg.shingle) for t in texts]
-    sigs = signatures(hashes, perms)
-    for row, text, sig, h in zip(rows, texts, sigs, hashes):
-        digest = _digest(text if text else (row["text"] or "").strip())
-        if cfg.exact and digest in index.exact:
-            kept_id = index.exact[digest]
-            stats.exact_removed += 1
-            removed.append({**row, "reason": "exact_duplicate", "duplicate_of": kept_id})
-            pairs.append(("exact_duplicate", kept_id, row["id"], 1.0))
-            continue
-        has_shingles = bool(text)
-        unique = np.unique(h) if has_shingles and cfg.verify == "exact" else None
-        if has_shingles and len(index):
-            best, best_sim = None, -1.0
-            for key in index.candidates(sig):
-                sim = index.similarity(key, sig, unique)
-                if sim > best_sim or (sim == best_sim and key < best):
-                    best, best_sim = key, sim
-            if best is not None and (cfg.verify == "none" or best_sim >= cfg.threshold):
-                kept_id = index.ids[best]
-                stats.near_removed += 1
-                removed.append({**row, "reason": "near_duplicate", "duplicate_of": kept_id})
-                pairs.append(("near_duplicate", kept_id, row["id"], best_sim))
-                continue
-        index.add(row["id"], digest if cfg.exact else None, sig if has_shingles else None, unique)
-        kept.append(row)
-        stats.kept_documents += 1
-    return kept, removed
-
-
-def _sample_clusters(in_path, pairs: list[tuple[str, str, str, float]], n: int) -> list[dict]:
-    """A few (kept, removed) pairs with text snippets, near duplicates first: the interesting ones."""
-    near = [p for p in pairs if p[0] == "near_duplicate"]
-    exact = [p for p in pairs if p[0] == "exact_duplicate"]
-    chosen = (near[:n] + exact[:n])[:n]
-    if not chosen:
-        return []
-    want = {i for _, kept, removed, _ in chosen for i in (kept, removed)}
-    snippets: dict[str, str] = {}
-    for row in _read_rows(in_path, columns=["id", "text"]):
-        if row["id"] in want and row["id"] not in snippets:
-            snippets[row["id"]] = " ".join((row["text"] or "").split())[:160]
-    return [{"reason": reason, "similarity": round(sim, 3),
-             "kept_id": kept, "kept_text": snippets.get(kept, "(kept in an earlier batch)"),
-             "removed_id": removed, "removed_text": snippets.get(removed, "")}
-            for reason, kept, removed, sim in chosen]
-
-
-def _read_rows(in_path, columns: list[str] | None = None) -> Iterator[dict]:
-    import pyarrow as pa
-
-    from lmforge.io import read_parquet_rows
-
-    # A read error is the input's, never the output's (the caller writes inside atomic_path,
-    # which would report an OSError as a problem with the destination).
-    try:
-        yield from read_parquet_rows(in_path, columns=columns)
-    except (OSError, pa.ArrowException) as e:
-        raise LmforgeError(f"cannot read {in_path}: {e}") from None
-
-
-def _close_quietly(writer) -> None:
-    # On the failure path only: the first error is the one to report, not "closed file".
-    if writer.is_open:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
-def _run(in_path, out_path: Path, removed_path: Path, schema: pa.Schema,
-         removed_schema: pa.Schema, cfg: DedupConfig, index: DedupIndex,
-         commit: Commit | None, stats: DedupStats) -> list[tuple[str, str, str, float]]:
-    """Decide every document and write kept and removed; with ``commit``, the index's segment
-    and manifest are renamed after them (step 3 of the transaction in ``dedup_index``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from lmforge.curate.dedup_index import hook, writing
-    from lmforge.curate.minhash import permutations
-    from lmforge.io import atomic_path
-
-    perms = permutations(cfg.num_perm, cfg.seed)
-    pairs: list[tuple[str, str, str, float]] = []
-    n_ids, n_exact = len(index.ids), len(index.exact)
-    with contextlib.ExitStack() as stack:
-        # Entered in reverse commit order: an ExitStack unwinds last-in, first-out.
-        if commit:
-            commit.begin(stack)
-        removed_tmp = stack.enter_context(atomic_path(removed_path))
-        kept_tmp = stack.enter_context(atomic_path(out_path))
-        with writing(out_path):
-            kept_w = pq.ParquetWriter(kept_tmp, schema)
-        stack.callback(_close_quietly, kept_w)
-        with writing(removed_path):
-            removed_w = pq.ParquetWriter(removed_tmp, removed_schema)
-        stack.callback(_close_quietly, removed_w)
-
-        def flush(batch: list[dict]) -> None:
-            kept, removed = _process_batch(batch, cfg, index, perms, stats, pairs)
-            with writing(out_path):
-                kept_w.write_table(pa.Table.from_pylist(kept, schema=schema))
-            with writing(removed_path):
-                removed_w.write_table(pa.Table.from_pylist(removed, schema=removed_schema))
-            print(f"dedup: {stats.input_documents} documents, {stats.kept_documents} kept",
-                  file=sys.stderr)
-
-        batch: list[dict] = []
-        for row in _read_rows(in_path):
-            stats.input_documents += 1
-            batch.append(row)
-            if len(batch) >= cfg.batch_rows:
-                flush(batch)
-                batch = []
-                hook("batch")
-        if batch:
-            flush(batch)
-        with writing(out_path):
-            kept_w.close()
-        with writing(removed_path):
-            removed_w.close()
-        if commit:
-            commit.prepare(index.segment_since(n_ids, n_exact, cfg.verify == "exact"))
-        hook("prepared")
-    return pairs
 
 
 def _check_config(cfg: DedupConfig) -> None:
@@ -271,40 +155,220 @@ def _check_config(cfg: DedupConfig) -> None:
         raise LmforgeError(f"threshold must be in (0, 1], got {cfg.threshold}")
     if cfg.shingle < 1 or cfg.num_perm < 2:
         raise LmforgeError("shingle must be >= 1 and num_perm >= 2")
-    if cfg.batch_rows < 1:
-        raise LmforgeError(f"batch_rows must be at least 1, got {cfg.batch_rows}")
-    storage = cfg.storage_config
-    if storage is not None and storage.get("type", "dict") != "dict":
-        # The LSH keys are positions in the index's id list: Redis buckets without the matching
-        # index directory (or a directory without its buckets) would answer with someone else's
-        # keys.
-        if not cfg.index_path or "basename" not in storage:
-            raise LmforgeError(f"storage_config of type {storage['type']!r} holds only the LSH "
-                               "buckets: set index_path (kept ids and signatures live there) "
-                               "and a fixed 'basename' in storage_config")
+    if cfg.shard_rows < 1:
+        raise LmforgeError(f"shard_rows must be at least 1, got {cfg.shard_rows}")
+    if cfg.partitions < 0:
+        raise LmforgeError(f"partitions must be 0 (automatic) or more, got {cfg.partitions}")
 
 
-def dedup_documents(in_path, out_path, removed_path, cfg: DedupConfig | None = None) -> DedupStats:
+def plan_shards(in_path, shard_rows: int) -> list[Shard]:
+    """The day's documents cut into shards: each Parquet file's row groups, consecutive ones
+    joined up to about ``shard_rows`` documents."""
+    from lmforge.curate.dedup_tasks import Shard
+    from lmforge.io import open_parquet, parquet_files
+
+    shards: list[Shard] = []
+    start = 0
+    for file in parquet_files(in_path):
+        meta = open_parquet(file).metadata
+        groups: list[int] = []
+        rows = 0
+        for g in range(meta.num_row_groups):
+            groups.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= shard_rows or g == meta.num_row_groups - 1:
+                shards.append(Shard(len(shards), str(file), tuple(groups), start, rows))
+                start += rows
+                groups, rows = [], 0
+    return shards
+
+
+def _progress(desc: str):
+    def report(k: int, n: int) -> None:
+        if k == n:
+            print(f"dedup: {desc}: {n}/{n} tasks", file=sys.stderr, flush=True)
+    return report
+
+
+@dataclass
+class _Decisions:
+    reason: np.ndarray  # per document of the day: 0 kept, 1 exact duplicate, 2 near duplicate
+    duplicate_of: np.ndarray  # global key of the kept document it repeats, or -1
+    similarity: np.ndarray
+    clusters: list[list[int]]
+
+
+def decide(first_new: int, first: np.ndarray, holder: np.ndarray, has_shingles: np.ndarray,
+           pairs: np.ndarray, sims: np.ndarray, cfg: DedupConfig) -> _Decisions:
+    """Keep-first over the verified pairs, in (day, order): what visiting the documents one by
+    one with an LSH of the kept ones decides.
+
+    ``first[t]`` is the first document of the day with t's normalized text, ``holder[t]`` the
+    earliest kept document of an earlier day with it (or -1). Only the first of each text takes
+    part in the buckets: a later copy has its signature, hence its candidates (and the first
+    itself, at similarity 1), and is never kept, so pairs with it would change nothing. Only
+    documents in a cluster or with a copy before them can be removed; the others are kept
+    without a look."""
+    import numpy as np
+
+    from lmforge.curate.dedup_lsh import UnionFind
+
+    n = len(first)
+    reason = np.zeros(n, np.int8)
+    dup = np.full(n, -1, np.int64)
+    sim = np.zeros(n, np.float64)
+    uf = UnionFind()
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for (x, y), s in zip(pairs.tolist(), sims.tolist()):
+        uf.union(x, y)
+        neighbours.setdefault(y - first_new, []).append((x, s))
+        if x >= first_new:
+            neighbours.setdefault(x - first_new, []).append((y, s))
+    todo = set(np.flatnonzero(first != np.arange(n)).tolist()) | set(neighbours)
+    if cfg.exact:
+        todo |= set(np.flatnonzero(holder >= 0).tolist())
+    for t in sorted(todo):
+        f, me = int(first[t]), first_new + t
+        if cfg.exact and holder[t] >= 0:
+            reason[t], dup[t], sim[t] = 1, holder[t], 1.0
+        elif cfg.exact and f != t and reason[f] == 0:
+            reason[t], dup[t], sim[t] = 1, first_new + f, 1.0
+        elif has_shingles[t]:
+            best, best_sim = -1, -1.0
+            options = neighbours.get(f, [])
+            if f != t:
+                options = [*options, (first_new + f, 1.0)]
+            for x, s in options:
+                if x >= me or (x >= first_new and reason[x - first_new] != 0):
+                    continue  # later, or not kept: not in the LSH when t is visited
+                if s > best_sim or (s == best_sim and x < best):
+                    best, best_sim = x, s
+            if best >= 0:
+                reason[t], dup[t], sim[t] = 2, best, best_sim
+    return _Decisions(reason, dup, sim, uf.clusters())
+
+
+def _ids_of(keys: list[int], first_new: int, ids: list[str], refs) -> dict[int, str]:
+    """Ids of documents by global key: the day's, or read from the earlier segments' ids."""
+    from lmforge.curate.dedup_index import Segment
+
+    import bisect
+
+    out = {k: ids[k - first_new] for k in keys if k >= first_new}
+    bases = [ref.base for ref in refs]
+    by_segment: dict[int, list[int]] = {}
+    for k in keys:
+        if k < first_new:
+            by_segment.setdefault(bisect.bisect_right(bases, k) - 1, []).append(k)
+    for s, wanted in by_segment.items():
+        ref = refs[s]
+        out.update(zip(wanted, Segment(ref).ids([k - ref.base for k in wanted])))
+    return out
+
+
+def _sample_clusters(in_path, pairs: list[tuple[str, str, str, float]], n: int) -> list[dict]:
+    """A few (kept, removed) pairs with text snippets, near duplicates first: the interesting ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lmforge.io import open_parquet, parquet_files
+
+    near = [p for p in pairs if p[0] == "near_duplicate"]
+    exact = [p for p in pairs if p[0] == "exact_duplicate"]
+    chosen = (near[:n] + exact[:n])[:n]
+    if not chosen:
+        return []
+    want = pa.array(sorted({i for _, kept, removed, _ in chosen for i in (kept, removed)}))
+    snippets: dict[str, str] = {}
+    for file in parquet_files(in_path):
+        table = open_parquet(file).read(columns=["id", "text"])
+        table = table.filter(pc.is_in(table.column("id"), value_set=want))
+        for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
+            snippets.setdefault(doc_id, " ".join((text or "").split())[:160])
+    return [{"reason": reason, "similarity": round(sim, 3),
+             "kept_id": kept, "kept_text": snippets.get(kept, "(kept in an earlier batch)"),
+             "removed_id": removed, "removed_text": snippets.get(removed, "")}
+            for reason, kept, removed, sim in chosen]
+
+
+@contextlib.contextmanager
+def _scratch(out_path: Path) -> Iterator[Path]:
+    """The run's working files, beside its output (on the store that every worker sees): named
+    as a temporary of this process, so a later run sweeps it after a kill."""
+    from lmforge.io import temp_name_prefix
+
+    path = Path(tempfile.mkdtemp(prefix=temp_name_prefix(out_path.name + ".dedup"),
+                                 suffix=".tmp", dir=out_path.parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _hook_on_success(point: str):
+    from lmforge.curate.dedup_index import hook
+
+    def exit_(exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            hook(point)
+        return False
+    return exit_
+
+
+def _segment_name(entries, segment: str | None, run_input: str, run_output: str):
+    """This run's segment name, and the committed segment of that name it repeats (or None)."""
+    from lmforge.curate.dedup_index import AUTO_NAME, SEGMENT_NAME
+
+    if segment is not None:
+        if not SEGMENT_NAME.match(segment):
+            raise LmforgeError(f"segment name {segment!r}: use letters, digits, '-' and '_' "
+                               "(a day, 2026-03-01), starting with a letter or digit")
+        return segment, next((m for m, _ in entries if m.name == segment), None)
+    named = [m.name for m, _ in entries if not AUTO_NAME.match(m.name)]
+    if named:
+        raise LmforgeError(f"this index's segments are named by day ({named[-1]}, ...): give the "
+                           "day's segment name (--segment)")
+    found = next((m for m, _ in entries if (m.input, m.output) == (run_input, run_output)), None)
+    if found is not None:
+        return found.name, found
+    return f"{max((int(m.name) + 1 for m, _ in entries), default=0):06d}", None
+
+
+def dedup_documents(in_path, out_path, removed_path=None, cfg: DedupConfig | None = None, *,
+                    parallel: ParallelConfig | None = None,
+                    segment: str | None = None) -> DedupStats:
     """Write the first of every group of duplicates to ``out_path``, the others to
-    ``removed_path`` with ``reason`` and ``duplicate_of``. With ``cfg.index_path``, documents
-    kept by earlier runs count as kept, and this run's kept documents are committed to the index
-    together with the outputs (see :mod:`lmforge.curate.dedup_index`)."""
+    ``removed_path`` with ``reason`` and ``duplicate_of``. ``out_path`` is one Parquet file, or
+    (a path not ending in ``.parquet``) a day directory of parts and a manifest, the removed
+    documents beside each part. With ``cfg.index_path``, documents kept in earlier segments
+    count as kept, and this run's kept documents become segment ``segment`` (default: the next
+    number, or the one this input and output were committed as)."""
+    import numpy as np
     import pyarrow as pa
 
-    from lmforge.curate.dedup_index import open_run, refuse_non_index
-    from lmforge.curate.dedup_lsh import DedupIndex
+    from lmforge.curate import dedup_index as di
+    from lmforge.curate.dedup_lsh import banding
+    from lmforge.curate.dedup_tasks import (MatchTask, Settings, SignTask, WriteTask,
+                                            match_partition, sign_shard, write_shard)
+    from lmforge.curate.parallel import ParallelConfig, parallel_session, run_tasks
     from lmforge.curate.text import extend_schema, input_schema
-    from lmforge.io import check_output
+    from lmforge.io import atomic_path, check_output, removed_path_for
 
     cfg = cfg or DedupConfig()
+    parallel = parallel or ParallelConfig()
     _check_config(cfg)
     t0 = time.perf_counter()
-    out_path, removed_path = Path(out_path), Path(removed_path)
-    if out_path.resolve() == removed_path.resolve():
+    out_path = Path(out_path)
+    to_parts = not out_path.name.endswith(".parquet")
+    removed = None if to_parts else Path(removed_path or removed_path_for(out_path))
+    if removed is not None and out_path.resolve() == removed.resolve():
         raise LmforgeError(f"kept and removed outputs are the same file: {out_path}")
     index_dir = Path(cfg.index_path) if cfg.index_path else None
     if index_dir is not None:
-        refuse_non_index(index_dir)
+        di.refuse_non_index(index_dir)
+    elif segment is not None:
+        raise LmforgeError(f"--segment {segment} names a segment of an index: give the index "
+                           "too (--index-path)")
     try:
         schema = input_schema(in_path)
     except FileNotFoundError:
@@ -315,56 +379,235 @@ def dedup_documents(in_path, out_path, removed_path, cfg: DedupConfig | None = N
             schema.field("id").type):
         raise LmforgeError(f"{in_path}: column id must be a string, not {schema.field('id').type}")
     removed_schema = extend_schema(schema, [("reason", pa.string()), ("duplicate_of", pa.string())])
-    check_output(out_path)
-    check_output(removed_path)
+    check_output(out_path, "dir" if to_parts else "file")
+    if removed is not None:
+        check_output(removed)
 
-    if index_dir is None:
-        index = DedupIndex(cfg)
-        stats = DedupStats(lsh_bands=index.lsh.b, lsh_rows=index.lsh.r)
-        pairs = _run(in_path, out_path, removed_path, schema, removed_schema, cfg, index, None,
-                     stats)
-    else:
-        with open_run(index_dir, cfg, in_path, out_path) as run:
-            index = run.index
-            stats = DedupStats(index_documents_before=len(index), replayed=run.replayed,
-                               lsh_bands=index.lsh.b, lsh_rows=index.lsh.r)
-            pairs = _run(in_path, out_path, removed_path, schema, removed_schema, cfg, index,
-                         run.commit, stats)
-    stats.index_documents_after = len(index)
-    stats.samples = _sample_clusters(in_path, pairs, cfg.sample_clusters)
+    bands, rows = banding(cfg)
+    settings = Settings(num_perm=cfg.num_perm, seed=cfg.seed, shingle=cfg.shingle, bands=bands,
+                        rows=rows, exact=cfg.exact, verify=cfg.verify, threshold=cfg.threshold)
+    params = {"threshold": cfg.threshold, "num_perm": cfg.num_perm, "shingle": cfg.shingle,
+              "seed": cfg.seed, "verify": cfg.verify, "exact": cfg.exact,
+              "lsh_bands_rows": [bands, rows]}
+    parts = cfg.partitions or 2 * parallel.workers
+    stats = DedupStats(lsh_bands=bands, lsh_rows=rows, partitions=parts,
+                       backend=parallel.backend, workers=parallel.workers)
+    with contextlib.ExitStack() as stack:
+        refs: list[di.SegmentRef] = []
+        if index_dir is not None:
+            stack.enter_context(di.writer_lock(index_dir))
+            di.hook("locked")
+            entries = di.committed_segments(index_dir, params)
+            try:
+                run_input = di.input_digest(in_path)
+            except OSError as e:
+                raise LmforgeError(f"cannot read {in_path}: {e.strerror or e}") from None
+            run_output = str(out_path.resolve())
+            name, existing = _segment_name(entries, segment, run_input, run_output)
+            stats.segment = name
+            stats.replayed = existing is not None and (existing.input, existing.output) == (
+                run_input, run_output)
+            refs = di.segment_refs([(m, p) for m, p in entries if m.name < name])
+        first_new = sum(ref.documents for ref in refs)
+        scratch = stack.enter_context(_scratch(out_path))
+
+        shards = plan_shards(in_path, cfg.shard_rows)
+        stats.shards = len(shards)
+        if parallel.backend == "local" and parallel.workers > 1:
+            # Pool workers fork from the forkserver: with the rounds' modules loaded there
+            # first, each round's pool starts without importing numpy and pyarrow again (a
+            # no-op once this process's forkserver runs).
+            import multiprocessing
+
+            multiprocessing.set_forkserver_preload(["lmforge.curate.dedup_tasks"])
+        with parallel_session(parallel):
+            signed = run_tasks(sign_shard, [SignTask(sh, str(scratch), settings) for sh in shards],
+                               parallel, desc="dedup signatures", progress=_progress("signatures"))
+            ids = [i for s in signed for i in s.ids]
+            n = len(ids)
+            digests = (np.concatenate([s.digests for s in signed]) if signed
+                       else np.empty((0, 2), np.uint64))
+            has = np.concatenate([s.has_shingles for s in signed]) if signed else np.empty(0, bool)
+            di.hook("signatures")
+            # The first document of the day with each normalized text.
+            void = np.ascontiguousarray(digests).view(np.dtype((np.void, 16))).ravel()
+            _, first_at, inverse = np.unique(void, return_index=True, return_inverse=True)
+            first = first_at[inverse.ravel()] if n else np.empty(0, np.int64)
+            di.save_npy(scratch / "participate.npy", has & (first == np.arange(n)))
+            matched = run_tasks(match_partition, [
+                MatchTask(p, parts, str(scratch), tuple(shards), tuple(refs), settings)
+                for p in range(parts)], parallel, desc="dedup buckets",
+                progress=_progress("buckets"))
+            holder = np.full(n, -1, np.int64)
+            for m in matched:
+                holder[m.holder_pos] = m.holder_key
+            pairs = np.concatenate([m.pairs for m in matched]) if matched else np.empty((0, 2))
+            sims = np.concatenate([m.similarity for m in matched]) if matched else np.empty(0)
+            stats.candidate_pairs = sum(m.candidates for m in matched)
+            if len(pairs):  # a pair that shares several bands comes from several ranges
+                pairs, at = np.unique(pairs, axis=0, return_index=True)
+                sims = sims[at]
+            stats.verified_pairs = len(pairs)
+            dec = decide(first_new, first, holder, has, pairs.astype(np.int64), sims, cfg)
+            stats.clusters = len(dec.clusters)
+            stats.largest_cluster = max((len(c) for c in dec.clusters), default=0)
+
+            gone = np.flatnonzero(dec.reason)
+            names = _ids_of(sorted(set(dec.duplicate_of[gone].tolist())), first_new, ids, refs)
+            reasons = np.array([None, "exact_duplicate", "near_duplicate"], dtype=object)[dec.reason]
+            dup_ids = [None] * n
+            samples = []
+            for t in gone.tolist():
+                dup_ids[t] = names[int(dec.duplicate_of[t])]
+                samples.append((reasons[t], dup_ids[t], ids[t], float(dec.similarity[t])))
+            written = run_tasks(write_shard, [
+                WriteTask(sh, str(scratch), tuple(reasons[sh.start:sh.start + sh.rows]),
+                          tuple(dup_ids[sh.start:sh.start + sh.rows]), schema, removed_schema)
+                for sh in shards], parallel, desc="dedup write", progress=_progress("write"))
+
+        stats.input_documents = n
+        stats.kept_documents = sum(k for k, _ in written)
+        stats.exact_removed = int(np.sum(dec.reason == 1))
+        stats.near_removed = int(np.sum(dec.reason == 2))
+        stats.index_documents_before = first_new
+        stats.index_documents_after = first_new + stats.kept_documents
+
+        # Commit: the outputs, then the segment (an ExitStack unwinds last-in, first-out).
+        if index_dir is not None and not stats.replayed:
+            stack.push(_hook_on_success("index_committed"))
+            seg_tmp = stack.enter_context(atomic_path(index_dir / stats.segment, "dir"))
+            _write_segment(seg_tmp, stats.segment, params, run_input, run_output, scratch,
+                           shards, dec.reason == 0, ids, digests, has, cfg)
+        stack.push(_hook_on_success("outputs_committed"))
+        _write_outputs(out_path, removed, scratch, shards, schema, removed_schema, written,
+                       stack)
+        di.hook("prepared")
+    stats.samples = _sample_clusters(in_path, samples, cfg.sample_clusters)
     stats.seconds = time.perf_counter() - t0
     return stats
 
 
-def start_index_from(snapshot, index) -> None:
-    """Make ``index`` a copy of the committed state of the dedup index ``snapshot`` (or remove
-    it when ``snapshot`` is None): how the graph starts each day's index where the day before
-    ended. See :func:`lmforge.curate.dedup_index.start_index_from`."""
-    from lmforge.curate import dedup_index
+def _write_segment(seg_dir: Path, name: str, params: dict[str, Any], run_input: str,
+                   run_output: str, scratch: Path, shards: list[Shard], kept: np.ndarray,
+                   ids: list[str], digests: np.ndarray, has: np.ndarray, cfg: DedupConfig) -> None:
+    """The day's kept documents as its index segment: their rows in the day's order, the band
+    and digest tables sorted by hash (taken from the shards' scratch tables, not recomputed)."""
+    import numpy as np
 
-    dedup_index.start_index_from(snapshot, index)
+    from lmforge.curate.dedup_index import write_segment
+
+    row_of = np.cumsum(kept) - 1  # day position -> segment row (for kept positions)
+    sigs, bands, values, lengths = [], [], [], []
+    for sh in shards:
+        d = scratch / f"shard-{sh.index:06d}"
+        local = np.flatnonzero(kept[sh.start:sh.start + sh.rows])
+        sigs.append(np.load(d / "signatures.npy", mmap_mode="r", allow_pickle=False)[local])
+        table = np.load(d / "bands.npy", allow_pickle=False)
+        pos = table[:, 1].astype(np.int64)
+        table = table[kept[pos]]
+        bands.append(np.stack((table[:, 0], row_of[table[:, 1].astype(np.int64)]
+                               .astype(np.uint64)), axis=1))
+        if cfg.verify == "exact":
+            flat = np.load(d / "shingles.npy", allow_pickle=False)
+            offsets = np.load(d / "shingle_offsets.npy", allow_pickle=False).astype(np.int64)
+            starts, sizes = offsets[local], offsets[local + 1] - offsets[local]
+            # Every kept row's run of values, gathered at once.
+            at = np.arange(sizes.sum()) + np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
+            values.append(flat[at])
+            lengths.append(sizes)
+    num_perm = cfg.num_perm
+    band_table = np.concatenate(bands) if bands else np.empty((0, 2), np.uint64)
+    band_table = band_table[np.lexsort((band_table[:, 1], band_table[:, 0]))]
+    at = np.flatnonzero(kept)
+    if cfg.exact:
+        exact = np.concatenate((digests[at], np.arange(len(at), dtype=np.uint64)[:, None]), axis=1)
+        exact = exact[np.lexsort((exact[:, 2], exact[:, 1], exact[:, 0]))]
+    else:
+        exact = np.empty((0, 3), np.uint64)
+    shingles = None
+    if cfg.verify == "exact":
+        sizes = np.concatenate(lengths) if lengths else np.empty(0, np.int64)
+        shingles = (np.concatenate(values) if values else np.empty(0, np.uint32),
+                    np.concatenate(([0], np.cumsum(sizes))).astype(np.uint64))
+    write_segment(seg_dir, name=name, params=params, input_digest=run_input, output=run_output,
+                  ids=[ids[i] for i in at.tolist()],
+                  signatures=(np.concatenate(sigs) if sigs else np.empty((0, num_perm), np.uint32)),
+                  bands=band_table, exact=exact, shingles=shingles)
+
+
+def _write_outputs(out_path: Path, removed: Path | None, scratch: Path, shards: list[Shard],
+                   schema, removed_schema, written: list[tuple[int, int]],
+                   stack: contextlib.ExitStack) -> None:
+    """Kept and removed documents from the shards' parts: into one file each (renamed when the
+    stack unwinds), or as the parts of a day directory committed by its manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmforge.curate.dedup_index import writing
+    from lmforge.io import (MANIFEST_FILE, atomic_path, claim_output_dir, part_path,
+                            removed_path_for, write_manifest)
+
+    def part(sh: Shard, name: str) -> Path:
+        return scratch / f"shard-{sh.index:06d}" / name
+
+    if removed is not None:
+        for final, name, sch in ((removed, "removed.parquet", removed_schema),
+                                 (out_path, "kept.parquet", schema)):
+            tmp = stack.enter_context(atomic_path(final))
+            with writing(final):
+                with pq.ParquetWriter(tmp, sch) as writer:
+                    if not shards:
+                        writer.write_table(pa.Table.from_pylist([], schema=sch))
+                    for sh in shards:
+                        writer.write_table(pq.read_table(part(sh, name)))
+        return
+    out = claim_output_dir(out_path)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # unreadable until this run's parts are in
+    for p in out.glob("part-*.parquet"):
+        p.unlink()
+    listed = []
+    for i, (sh, (kept_rows, removed_rows)) in enumerate(zip(shards, written)):
+        final = part_path(out, i)
+        with writing(final):
+            os.replace(part(sh, "kept.parquet"), final)
+            os.replace(part(sh, "removed.parquet"), removed_path_for(final))
+        listed.append({"file": final.name, "removed": removed_path_for(final).name,
+                       "rows": kept_rows, "removed_rows": removed_rows})
+    write_manifest(out, listed, stage="dedup")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lmforge.curate.parallel import ParallelConfig
     from lmforge.io import removed_path_for
 
     p = argparse.ArgumentParser(
         prog="lmforge dedup",
         description="Exact (normalized text) and near-duplicate (MinHash LSH) removal over Parquet "
-                    "documents, keeping the first of each group in input order.")
-    p.add_argument("input", help="documents Parquet file or directory (columns id, url, text)")
-    p.add_argument("output", help="kept documents Parquet file")
+                    "documents, keeping the first of each group in input order; shard-parallel "
+                    "on a process pool or a Ray cluster.")
+    p.add_argument("input", help="documents: a Parquet file, or a directory of parts")
+    p.add_argument("output", help="kept documents: a Parquet file, or (a path not ending in "
+                                  ".parquet) a directory of parts and a manifest")
     p.add_argument("--removed", help="removed documents Parquet with reason and duplicate_of "
-                                     "(default: <OUT stem>.removed.parquet)")
+                                     "(default: <OUT stem>.removed.parquet; beside each part "
+                                     "for a directory output)")
+    p.add_argument("--segment", default=None, metavar="NAME",
+                   help="this run's segment of the index, e.g. its day (default: the next "
+                        "number, or the segment this input and output were committed as)")
     add_config_arguments(p, DedupConfig)
+    add_config_arguments(p, ParallelConfig, config_flag=False)
     # Earlier name of --index-path, kept for scripts and the README that use it.
     p.add_argument("--index", dest="index_path", default=None, metavar="DIR",
                    help="same as --index-path")
     args = p.parse_args(argv)
-    removed = args.removed or removed_path_for(args.output)
+    to_parts = not str(args.output).endswith(".parquet")
+    removed = None if to_parts else (args.removed or removed_path_for(args.output))
     try:
+        parallel = config_from_args(ParallelConfig, argparse.Namespace(
+            **{name: getattr(args, name) for name in ParallelConfig.model_fields}))
         stats = dedup_documents(args.input, args.output, removed,
-                                config_from_args(DedupConfig, args))
+                                config_from_args(DedupConfig, args), parallel=parallel,
+                                segment=args.segment)
     except (FileNotFoundError, ValueError, LmforgeError) as e:
         print(f"lmforge dedup: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -372,8 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     replayed = " (a committed run, replayed from the index)" if stats.replayed else ""
     print(f"dedup: kept {m['kept_documents']}/{m['input_documents']}{replayed}; removed "
           f"{m['exact_duplicates_removed']} exact, {m['near_duplicates_removed']} near; "
-          f"{m['documents_per_second']} docs/s", file=sys.stderr)
-    print(f"kept -> {args.output}\nremoved -> {removed}")
+          f"{m['documents_per_second']} docs/s ({parallel.backend}, {parallel.workers} "
+          f"worker(s))", file=sys.stderr)
+    print(f"kept -> {args.output}" + (f"\nremoved -> {removed}" if removed else ""))
     return 0
 
 

@@ -55,7 +55,8 @@ from lmforge.crawl.warc_source import scan_warc
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.text import InputError, MissingInputError, check_outputs
 from lmforge.errors import LmforgeError
-from lmforge.io import removed_path_for, write_parquet
+from lmforge.curate.parallel import add_parallel_arguments, parallel_from_args
+from lmforge.io import atomic_path, removed_path_for, write_parquet
 
 def _schemas():
     """The extracted documents' schema and the removed ones' (pyarrow loads when extract runs)."""
@@ -391,6 +392,85 @@ def extract(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
     return stats
 
 
+def extract_part(warc_paths, out_path, removed_path, cfg: ExtractConfig) -> ExtractStats:
+    """One shard of :func:`extract_sharded` (its removed rows go beside ``out_path``)."""
+    if Path(removed_path) != removed_path_for(out_path):
+        raise InputError(f"extract writes its removed pages to {removed_path_for(out_path)}")
+    return extract(warc_paths, out_path, cfg)
+
+
+def extract_sharded(warc_paths: str | os.PathLike | Iterable[str | os.PathLike],
+                    out_path: str | os.PathLike, cfg: ExtractConfig | None = None,
+                    parallel=None) -> ExtractStats:
+    """:func:`extract` as ``parallel`` says: to a day directory, one part per WARC file (see
+    ``lmforge.curate.stages.run_sharded``); to a ``.parquet`` file, all of them in one."""
+    from lmforge.curate.stages import is_parts_output, run_sharded
+
+    cfg = cfg or ExtractConfig()
+    if not is_parts_output(out_path):
+        return run_sharded(__name__, "extract_part", warc_paths, out_path,
+                           removed_path_for(out_path), cfg, parallel, name="extract")
+    paths = resolve_warc_paths(warc_paths)
+    stats = run_sharded(__name__, "extract_part", None, out_path, None, cfg, parallel,
+                        name="extract", merge="merge_part_stats", finish="drop_repeated_urls",
+                        shards=[([str(p)], [p]) for p in paths])
+    stats.out_path = str(out_path)
+    stats.removed_path = str(Path(out_path) / "part-*.removed.parquet")
+    return stats
+
+
+def drop_repeated_urls(out_dir: Path, tasks: list, records: list[dict[str, Any]]) -> None:
+    """A URL already extracted from an earlier WARC file of the day is removed from the later
+    part as ``duplicate_url``, as one pass over all the files does: every URL is one document."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmforge.io import write_json
+
+    seen: set[str] = set()
+    for task, record in zip(tasks, records):
+        ids = pq.read_table(task.output, columns=["id"]).column("id").to_pylist()
+        repeated = [i for i, doc in enumerate(ids) if doc in seen]
+        seen.update(ids)
+        if not repeated:
+            continue
+        rows = pq.read_table(task.output).to_pylist()
+        moved = [{**rows[i], "text": rows[i]["text"][:REMOVED_TEXT_CHARS],
+                  "reason": "duplicate_url", "detail": "the same URL appeared earlier"}
+                 for i in repeated]
+        gone = set(repeated)
+        kept_schema, removed_schema = _schemas()
+        earlier = pq.read_table(task.removed).to_pylist()
+        with atomic_path(task.removed) as tmp:
+            pq.write_table(pa.Table.from_pylist(earlier + moved, schema=removed_schema), tmp)
+        with atomic_path(task.output) as tmp:
+            pq.write_table(pa.Table.from_pylist([r for i, r in enumerate(rows) if i not in gone],
+                                                schema=kept_schema), tmp)
+        stats = record["stats"]
+        stats["documents"] -= len(moved)
+        stats["text_chars"] -= sum(len(rows[i]["text"]) for i in repeated)
+        reasons = stats["removed_by_reason"]
+        reasons["duplicate_url"] = reasons.get("duplicate_url", 0) + len(moved)
+        record["rows"] -= len(moved)
+        record["removed_rows"] += len(moved)
+        write_json(task.record, record)
+
+
+def merge_part_stats(parts: list[dict[str, Any]], seconds: float, cfg: ExtractConfig
+                     ) -> ExtractStats:
+    """The stats of a day from its parts' (as :func:`extract` returned them, in JSON)."""
+    stats = ExtractStats(extractor=parts[0]["extractor"], elapsed_s=seconds)
+    for part in parts:
+        for name in ("warc_files", "records", "responses", "skipped_status", "documents",
+                     "truncated", "html_bytes", "text_chars"):
+            setattr(stats, name, getattr(stats, name) + part[name])
+        for reason, n in part["removed_by_reason"].items():
+            stats.removed_by_reason[reason] = stats.removed_by_reason.get(reason, 0) + n
+        stats.warc_errors.extend(part["warc_errors"])
+        stats.bad_archive_files.extend(part["bad_archive_files"])
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lmforge extract", description=(
         "Extract the text of the HTML pages in WARC files into a Parquet table of documents "
@@ -398,11 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         "OUT.removed.parquet with a reason."))
     p.add_argument("inputs", nargs="+", metavar="WARC_OR_DIR",
                    help="WARC files, or directories of *.warc.gz (e.g. a crawl's --out)")
-    p.add_argument("out", metavar="OUT.parquet", help="documents Parquet to write")
+    p.add_argument("out", metavar="OUT", help="documents to write: a directory, one part per WARC "
+                   "file (shards run in parallel), or one .parquet file")
     add_config_arguments(p, ExtractConfig)
+    add_parallel_arguments(p)
     args = p.parse_args(argv)
     try:
-        stats = extract(args.inputs, args.out, config_from_args(ExtractConfig, args))
+        stats = extract_sharded(args.inputs, args.out, config_from_args(ExtractConfig, args),
+                                parallel_from_args(args))
     except LmforgeError as e:
         print(f"lmforge extract: error: {e}", file=sys.stderr)
         return 2

@@ -26,11 +26,13 @@ from typing import Any
 
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.filter_config import FilterConfig, FilterStats
+from lmforge.curate.parallel import add_parallel_arguments, parallel_from_args
 # The rules live in filter_rules; they stay importable from here, where callers found them.
 from lmforge.curate.filter_rules import (EMAIL, IPV4, PHONE, c4_lines, gopher_rule_failed,  # noqa: F401
                                          load_blocklist, mask_pii, read_blocklist_file,
                                          repetition_figures, repetition_rule_failed, url_blocked,
                                          url_host)
+from lmforge.curate.stages import is_parts_output, run_sharded
 from lmforge.curate.text import (InputError, MissingInputError, check_input_file, check_outputs,
                                  extend_schema, input_schema, load_fasttext_model, open_sinks)
 from lmforge.errors import LmforgeError
@@ -173,22 +175,41 @@ def filter_documents(in_path, out_path, removed_path, cfg: FilterConfig | None =
     return stats
 
 
+def merge_part_stats(parts: list[dict[str, Any]], seconds: float, cfg: FilterConfig
+                     ) -> FilterStats:
+    """The stats of a day from its parts' (as :func:`filter_documents` returned them, in JSON)."""
+    stats = FilterStats(seconds=seconds)
+    for part in parts:
+        stats.input_documents += part["input_documents"]
+        stats.kept_documents += part["kept_documents"]
+        stats.c4_lines_removed += part["c4_lines_removed"]
+        for name in ("removed_by_reason", "seen_by_rule", "languages", "pii_masked"):
+            getattr(stats, name).update(part[name])
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="lmforge filter",
         description="Language ID (fastText lid.176) and Gopher-style quality filters over Parquet "
                     "documents, with PII masking. Removed documents keep the rule they failed.")
-    p.add_argument("input", help="documents Parquet file or directory (columns id, url, text)")
-    p.add_argument("output", help="kept documents Parquet file (adds lang, lang_score)")
-    p.add_argument("--removed", help="removed documents Parquet (default: <OUT stem>.removed.parquet)")
+    p.add_argument("input", help="documents: a Parquet file, a day directory (parts and "
+                   "_manifest.json) or a directory of them (columns id, url, text)")
+    p.add_argument("output", help="kept documents (adds lang, lang_score): a directory, one part "
+                   "per input part (shards run in parallel), or one .parquet file")
+    p.add_argument("--removed", help="removed documents Parquet, for a .parquet OUT (default: "
+                   "<OUT stem>.removed.parquet; a directory OUT keeps them beside each part)")
     add_config_arguments(p, FilterConfig)
+    add_parallel_arguments(p)
     # Earlier name of --c4-line-filter, kept for scripts that use it.
     p.add_argument("--c4-lines", dest="c4_line_filter", action="store_const", const=True,
                    default=None, help="same as --c4-line-filter")
     args = p.parse_args(argv)
     removed = args.removed or removed_path_for(args.output)
     try:
-        stats = filter_documents(args.input, args.output, removed, config_from_args(FilterConfig, args))
+        stats = run_sharded(__name__, "filter_documents", args.input, args.output, removed,
+                            config_from_args(FilterConfig, args), parallel_from_args(args),
+                            name="filter", merge="merge_part_stats")
     except LmforgeError as e:
         print(f"lmforge filter: error: {e}", file=sys.stderr)
         return 2
@@ -196,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"filter: kept {m['kept_documents']}/{m['input_documents']} ({m['keep_rate']:.1%}); "
           f"removed {m['removed_by_reason']}; PII masked {m['pii_masked']}; "
           f"{m['documents_per_second']} docs/s", file=sys.stderr)
-    print(f"kept -> {args.output}\nremoved -> {removed}")
+    print(f"kept -> {args.output}\nremoved -> "
+          f"{removed if not is_parts_output(args.output) else args.output + '/*.removed.parquet'}")
     return 0
 
 

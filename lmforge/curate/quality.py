@@ -51,6 +51,7 @@ from pydantic import BaseModel, Field
 
 from lmforge.config import add_config_arguments, config_from_args
 # The data helpers live in quality_data; they stay importable from here, where callers found them.
+from lmforge.curate.parallel import add_parallel_arguments, parallel_from_args
 from lmforge.curate.quality_data import (_sample, binary_metrics, fasttext_line,  # noqa: F401
                                          qa_text, read_texts)
 from lmforge.curate.text import (InputError, MissingInputError, check_outputs, extend_schema,
@@ -429,6 +430,69 @@ def score_documents(in_path, out_path, removed_path, model_dir,
     return stats
 
 
+def score_part(in_path, out_path, removed_path, cfg: QualityConfig, model_dir) -> QualityStats:
+    """One shard of :func:`score_sharded`: :func:`score_documents` with the arguments in the
+    order every stage's shard takes them."""
+    return score_documents(in_path, out_path, removed_path, model_dir, cfg)
+
+
+def part_scores(task: tuple[str, str, int]) -> np.ndarray:
+    """Every score of one part (the first pass of ``keep_fraction`` over a day's parts)."""
+    import numpy as np
+
+    in_path, model_dir, batch_rows = task
+    model, meta = load_quality_model(model_dir)
+    parts = [s for _, s in _scores(in_path, model, int(meta["config"]["max_chars"]), batch_rows)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def score_sharded(in_path, out_path, removed_path, model_dir, cfg: QualityConfig,
+                  parallel=None) -> QualityStats:
+    """:func:`score_documents` over every part of ``in_path`` as ``parallel`` says (see
+    ``lmforge.curate.stages.run_sharded``). With ``keep_fraction``, a first pass scores every
+    part and the day's threshold is the one a single pass over the whole day would set."""
+    import numpy as np
+
+    from lmforge.curate.parallel import parallel_session, run_tasks
+    from lmforge.curate.stages import file_identity, is_parts_output, run_sharded
+    from lmforge.io import parquet_files
+
+    if not is_parts_output(out_path):
+        return run_sharded(__name__, "score_part", in_path, out_path, removed_path, cfg,
+                           parallel, args=(str(model_dir),), name="quality")
+    load_quality_model(model_dir)  # a missing or bad model fails here, before any shard
+    applied = cfg
+    with parallel_session(parallel):  # one pool or cluster for both passes
+        if cfg.keep_fraction is not None:
+            scores = run_tasks(part_scores, [(str(f), str(model_dir), cfg.batch_rows)
+                                             for f in parquet_files(in_path)],
+                               parallel, desc="quality scores", label=lambda t: Path(t[0]).name)
+            cached = np.concatenate(scores)
+            threshold = cfg.threshold
+            if len(cached):
+                k = max(1, int(round(cfg.keep_fraction * len(cached))))
+                threshold = float(np.sort(cached)[::-1][k - 1])
+            applied = cfg.model_copy(update={"keep_fraction": None, "threshold": threshold})
+        stats = run_sharded(__name__, "score_part", in_path, out_path, removed_path, applied,
+                            parallel, args=(str(model_dir),), name="quality",
+                            merge="merge_part_stats",
+                            extra_fingerprint=[file_identity(Path(model_dir) / MODEL_FILE)])
+    stats.keep_fraction = cfg.keep_fraction
+    return stats
+
+
+def merge_part_stats(parts: list[dict[str, Any]], seconds: float, cfg: QualityConfig
+                     ) -> QualityStats:
+    """The stats of a day from its parts' (as :func:`score_documents` returned them, in JSON)."""
+    stats = QualityStats(threshold=cfg.threshold, keep_fraction=cfg.keep_fraction,
+                         seconds=seconds)
+    for part in parts:
+        stats.input_documents += part["input_documents"]
+        stats.kept_documents += part["kept_documents"]
+        stats.scores.extend(part["scores"])
+    return stats
+
+
 def _cached(in_path, scores: np.ndarray, batch_rows: int) -> Iterator[tuple[list[dict], np.ndarray]]:
     batch: list[dict] = []
     i = 0
@@ -465,11 +529,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score and filter documents",
                        description="Add a quality column (P(hq)) and remove documents below the "
                                    "threshold with reason `quality`.")
-    s.add_argument("input", help="documents Parquet file or directory (columns id, url, text)")
-    s.add_argument("output", help="kept documents Parquet file (adds quality)")
+    s.add_argument("input", help="documents: a Parquet file, a day directory (parts and "
+                   "_manifest.json) or a directory of them (columns id, url, text)")
+    s.add_argument("output", help="kept documents (adds quality): a directory, one part per "
+                   "input part (shards run in parallel), or one .parquet file")
     s.add_argument("--model", required=True, help="model directory written by `lmforge quality train`")
-    s.add_argument("--removed", help="removed documents Parquet (default: <OUT stem>.removed.parquet)")
+    s.add_argument("--removed", help="removed documents Parquet, for a .parquet OUT (default: "
+                   "<OUT stem>.removed.parquet; a directory OUT keeps them beside each part)")
     add_config_arguments(s, QualityConfig, exclude=TRAINING_ONLY)
+    add_parallel_arguments(s)
     args = p.parse_args(argv)
 
     try:
@@ -483,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model -> {Path(args.out_dir) / MODEL_FILE}")
         else:
             removed = args.removed or removed_path_for(args.output)
-            m = score_documents(args.input, args.output, removed, args.model, cfg).to_metadata()
+            m = score_sharded(args.input, args.output, removed, args.model, cfg,
+                              parallel_from_args(args)).to_metadata()
             print(f"quality: kept {m['kept_documents']}/{m['input_documents']} "
                   f"({m['keep_rate']:.1%}) at P(hq) >= {m['threshold']}; score deciles "
                   f"{list(m['score_deciles'].values())}", file=sys.stderr)

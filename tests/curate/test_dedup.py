@@ -1,7 +1,9 @@
 """Dedup stage: exact and near duplicates made by editing real text, keep-first, duplicate_of,
-bit-exact agreement with datasketch, an index that persists across calls, CLI; the index in data
-formats only (planted pickles never run), kill -9 at every step of a commit then retry, two
-writers on one index, garbled indexes, a full disk and a read-only one."""
+bit-exact agreement with datasketch (signatures and LSH buckets), an index that persists across
+calls, CLI; the index in data formats only (planted pickles never run), kill -9 at every step of
+a commit then retry, two writers on one index, garbled indexes, a full disk and a read-only one,
+the graph's per-day segments. The sharded engine against one-at-a-time datasketch, workers, Ray
+and the segments' layout: test_dedup_sharded.py."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from lmforge.config import flag_name
 from lmforge.curate import dedup as dd
 from lmforge.curate import dedup_index, minhash
 from lmforge.curate.dedup import DedupConfig, dedup_documents
-from lmforge.curate.dedup_lsh import DedupIndex
+from lmforge.curate.dedup_lsh import banding
 from lmforge.curate.text import normalize, shingle_hashes
 from lmforge.errors import LmforgeError
 from lmforge.io import write_parquet
@@ -156,7 +158,8 @@ def test_cli_flags_are_the_config_fields(real_texts, write_docs, tmp_path, capsy
                 .split())
     missing = {flag_name(f) for f in DedupConfig.model_fields} - words
     assert not missing, missing
-    assert {"--index", "--removed", "--config"} <= words
+    assert {"--index", "--removed", "--config", "--segment", "--backend", "--workers",
+            "--ray-address"} <= words
 
     src = write_docs("flags", [real_texts[0], real_texts[0], real_texts[1]])
 
@@ -180,13 +183,14 @@ def test_cli_flags_are_the_config_fields(real_texts, write_docs, tmp_path, capsy
         index = tmp_path / flag.strip("-")
         assert dd.main([src, str(tmp_path / f"{index.name}.parquet"), flag, str(index),
                         "--lsh-params", "16,8"]) == 0
-        params = json.loads((index / "manifest.json").read_text())["params"]
+        params = json.loads((index / "000000" / "manifest.json").read_text())["params"]
         assert params["lsh_bands_rows"] == [16, 8] and params["shingle"] == 5
     capsys.readouterr()
 
-    for bad, says in ((["--batch-rows", "0"], "batch_rows"),
+    for bad, says in ((["--shard-rows", "0"], "shard_rows"),
                       (["--lsh-params", "1,2,3"], "--lsh-params"),
-                      (["--storage-config", "{oops"], "--storage-config"),
+                      (["--workers", "0"], "workers"),
+                      (["--segment", "2026-03-01"], "--segment"),
                       (["--num-perm", "many"], "--num-perm"),
                       (["--config", str(tmp_path / "nowhere.yaml")], "nowhere.yaml")):
         assert dd.main([src, str(tmp_path / "bad.parquet"), *bad]) == 2, bad
@@ -236,14 +240,15 @@ def table(path) -> list[dict]:
 
 
 def index_state(index: Path) -> dict:
-    """What an index holds, independent of where it lives: its manifest (output paths reduced
-    to their names) and the bytes of every segment file."""
-    manifest = json.loads((index / "manifest.json").read_text())
-    for seg in manifest["segments"]:
-        seg["output"] = Path(seg["output"]).name
-    files = {str(p.relative_to(index)): p.read_bytes()
-             for p in sorted((index / "segments").rglob("*")) if p.is_file()}
-    return {"manifest": manifest, "files": files}
+    """What an index holds, independent of where it lives: each segment's manifest (output
+    paths reduced to their names) and the bytes of every segment file."""
+    state = {}
+    for seg in sorted(p for p in index.iterdir() if p.is_dir()):
+        manifest = json.loads((seg / "manifest.json").read_text())
+        manifest["output"] = Path(manifest["output"]).name
+        state[seg.name] = {"manifest": manifest, "files": {
+            p.name: p.read_bytes() for p in sorted(seg.iterdir()) if p.name != "manifest.json"}}
+    return state
 
 
 def _days(texts: list[str]) -> tuple[list[str], list[str]]:
@@ -263,32 +268,41 @@ def test_index_is_data_only_and_lsh_matches_datasketch(real_texts, write_docs, t
     dedup_documents(src_a, tmp_path / "a.out.parquet", tmp_path / "a.r.parquet", cfg)
     dedup_documents(src_b, tmp_path / "b.out.parquet", tmp_path / "b.r.parquet", cfg)
     names = sorted(str(p.relative_to(index)) for p in index.rglob("*") if p.is_file())
-    assert names == [".lmforge-output", "lock", "manifest.json"] + [
-        f"segments/{s}/{f}" for s in ("000000", "000001")
-        for f in (".lmforge-output", "documents.parquet", "exact.parquet", "signatures.npy")]
+    assert names == [".lmforge-output", ".lock"] + [
+        f"{s}/{f}" for s in ("000000", "000001")
+        for f in (".lmforge-output", "bands.npy", "exact.npy", "ids.parquet", "manifest.json",
+                  "shingle_offsets.npy", "shingles.npy", "signatures.npy")]
     for p in index.rglob("*"):
         if p.is_file() and p.stat().st_size:
             assert p.read_bytes()[:1] != b"\x80", f"{p} looks like a pickle"
-    manifest = json.loads((index / "manifest.json").read_text())
+    manifests = [json.loads((index / s / "manifest.json").read_text())
+                 for s in ("000000", "000001")]
     # Each committed run is named by its input's content hash and its output.
-    assert [s["input"] for s in manifest["segments"]] == [dedup_index.input_digest(src_a),
-                                                          dedup_index.input_digest(src_b)]
-    assert manifest["segments"][1]["output"] == str((tmp_path / "b.out.parquet").resolve())
+    assert [m["input"] for m in manifests] == [dedup_index.input_digest(src_a),
+                                               dedup_index.input_digest(src_b)]
+    assert manifests[1]["output"] == str((tmp_path / "b.out.parquet").resolve())
+    assert manifests[1]["documents"] == len(table(tmp_path / "b.out.parquet"))
 
-    # The LSH rebuilt in bulk from the stored signatures has datasketch's own buckets.
-    loaded = DedupIndex(cfg)
-    for entry in dedup_index.read_manifest(index).segments:
-        loaded.load_segment(dedup_index.read_segment(index, entry, cfg.num_perm, True))
-    loaded.fill_lsh()
-    reference = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm,
-                           params=(loaded.lsh.b, loaded.lsh.r))
-    for key, sig in enumerate(loaded.signatures):
-        reference.insert(key, LeanMinHash(seed=cfg.seed, hashvalues=sig, scheme="affine32"),
-                         check_duplication=False)
-    assert len(loaded) == len(a) + len(table(tmp_path / "b.out.parquet"))
-    for ours, theirs in zip(loaded.lsh.hashtables, reference.hashtables):
-        assert {h: set(ours.get(h)) for h in ours.keys()} == {
-            h: set(theirs.get(h)) for h in theirs.keys()}
+    # The segments' band buckets are datasketch's: the same documents share a bucket.
+    bands, rows = banding(cfg)
+    reference = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=(bands, rows))
+    ours: list[frozenset] = []
+    base = 0
+    for seg, m in zip(("000000", "000001"), manifests):
+        sigs = np.load(index / seg / "signatures.npy", allow_pickle=False)
+        for row, sig in enumerate(sigs):
+            reference.insert(base + row, LeanMinHash(seed=cfg.seed, hashvalues=sig,
+                                                     scheme="affine32"), check_duplication=False)
+        table_ = np.load(index / seg / "bands.npy", allow_pickle=False)
+        assert np.all(table_[1:, 0] >= table_[:-1, 0])  # sorted: a hash range is a slice
+        for key in np.unique(table_[:, 0]):
+            ours.append((int(key), frozenset(base + int(r) for r in table_[table_[:, 0] == key, 1])))
+        base += m["documents"]
+    merged: dict[int, set] = {}
+    for key, members in ours:
+        merged.setdefault(key, set()).update(members)
+    theirs = sorted(sorted(t.get(h)) for t in reference.hashtables for h in t.keys())
+    assert sorted(sorted(v) for v in merged.values()) == theirs
 
 
 def test_retry_of_a_committed_run_gives_the_same_output(real_texts, write_docs, tmp_path):
@@ -334,20 +348,17 @@ def test_pickle_index_is_refused_never_loaded(real_texts, write_docs, tmp_path):
     assert not marker.exists() and not (tmp_path / "o.parquet").exists()
     assert not leftovers(tmp_path)
 
-    # Planted inside an index directory, as its manifest or as a signature array.
+    # Planted inside an index directory, as a segment's manifest or as a signature array.
     index = tmp_path / "idx"
     assert cli(src, tmp_path / "o.parquet", "--index", index).returncode == 0
-    good = (index / "manifest.json").read_bytes()
-    _plant(index / "manifest.json", marker)
-    one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
-    (index / "manifest.json").write_bytes(good)
-    npy = index / "segments" / "000000" / "signatures.npy"
+    good = (index / "000000" / "manifest.json").read_bytes()
+    _plant(index / "000000" / "manifest.json", marker)
+    assert "pickle" in one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
+    (index / "000000" / "manifest.json").write_bytes(good)
+    npy = index / "000000" / "signatures.npy"
     with open(npy, "wb") as f:  # an object array whose pickle runs the payload
         np.lib.format.write_array(f, np.array([Payload_holder(marker)], dtype=object),
                                   allow_pickle=True)
-    manifest = json.loads(good)
-    manifest["segments"][0]["files"]["signatures.npy"] = dedup_index.file_digest(npy)
-    (index / "manifest.json").write_text(json.dumps(manifest))
     msg = one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
     assert "damaged" in msg
     assert not marker.exists() and not (tmp_path / "o2.parquet").exists()
@@ -366,7 +377,7 @@ def test_garbled_index_is_one_line(real_texts, write_docs, tmp_path):
     index = tmp_path / "idx"
     assert cli(src, tmp_path / "o.parquet", "--index", index).returncode == 0
     before = table(tmp_path / "o.parquet")
-    manifest = index / "manifest.json"
+    manifest = index / "000000" / "manifest.json"
     good = manifest.read_text()
     assert '"num_perm": 128' in good
     for garble, says in ((good[: len(good) // 2], "damaged"), ("[1, 2]", "damaged"),
@@ -375,12 +386,11 @@ def test_garbled_index_is_one_line(real_texts, write_docs, tmp_path):
         manifest.write_text(garble)
         assert says in one_line_error(cli(src, tmp_path / "o.parquet", "--index", index))
     manifest.write_text(good)
-    docs = index / "segments" / "000000" / "documents.parquet"
-    data = bytearray(docs.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    docs.write_bytes(bytes(data))
+    ids = index / "000000" / "ids.parquet"
+    data = bytearray(ids.read_bytes())
+    ids.write_bytes(bytes(data[: len(data) // 2]))
     # (to a new output: a retry of the run that wrote o.parquet would not read that segment)
-    assert "checksum" in one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
+    assert "damaged" in one_line_error(cli(src, tmp_path / "o2.parquet", "--index", index))
     # A file that is no index at all.
     (tmp_path / "notes.txt").write_text("hello")
     assert "notes.txt" in one_line_error(cli(src, tmp_path / "o.parquet", "--index",
@@ -410,15 +420,14 @@ def test_concurrent_writers_are_refused(real_texts, write_docs, tmp_path):
     # Run 1's ids are all in the index, and run 2 (retried after run 1) is added after them.
     assert cli(src_b, tmp_path / "b.out.parquet", "--index", index).returncode == 0
     loaded = [pq.read_table(p, columns=["id"]).column("id").to_pylist()
-              for p in sorted((index / "segments").glob("*/documents.parquet"))]
+              for p in sorted(index.glob("*/ids.parquet"))]
     assert loaded == [[f"a-{i}" for i in range(len(a))],
                       [r["id"] for r in table(tmp_path / "b.out.parquet")]]
 
 
 # Kill -9 at every step of a run that adds to the index, then retry: the same output and
 # index as a run that was never interrupted.
-KILL_POINTS = ("locked", "batch", "prepared", "outputs_committed", "segment_committed",
-               "index_committed")
+KILL_POINTS = ("locked", "signatures", "prepared", "outputs_committed", "index_committed")
 
 
 @pytest.fixture(scope="module")
@@ -430,11 +439,11 @@ def kill_setup(real_texts, tmp_path_factory):
             {"id": f"{name}-{i}", "url": f"http://x/{i}", "text": t} for i, t in enumerate(texts)])
     template = root / "template"
     assert cli(root / "a.in.parquet", template / "a.parquet", "--index", template / "idx",
-               "--batch-rows", "16").returncode == 0
+               "--shard-rows", "16").returncode == 0
     reference = root / "reference"
     shutil.copytree(template, reference)
     assert cli(root / "b.in.parquet", reference / "b.parquet", "--index", reference / "idx",
-               "--batch-rows", "16").returncode == 0
+               "--shard-rows", "16").returncode == 0
     return root, template, reference
 
 
@@ -444,10 +453,10 @@ def test_kill_at_any_point_then_retry(kill_setup, point, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(template, work)
     args = (root / "b.in.parquet", work / "b.parquet", "--index", work / "idx",
-            "--batch-rows", "16")
+            "--shard-rows", "16")
     killed = cli(*args, env={"LMFORGE_DEDUP_SIGNAL_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    committed = point in ("outputs_committed", "segment_committed", "index_committed")
+    committed = point in ("outputs_committed", "index_committed")
     assert (work / "b.parquet").exists() == committed
     retry = cli(*args)
     assert retry.returncode == 0, retry.stderr
@@ -488,13 +497,9 @@ def test_full_disk_and_read_only_index(real_texts, write_docs, small_disk):
     big = write_docs("big", [real_texts[i] + " " + real_texts[j] for i in range(60)
                              for j in range(i + 1, 60)])
     msg = one_line_error(cli(big, out, "--index", index))
-    assert "no space left" in msg and str(index) in msg  # the output fitted, its index did not
+    # (the run's working files, its outputs or its segment: whichever the disk ran out on)
+    assert "no space left on the device writing" in msg and str(small_disk) in msg
     assert snapshot(small_disk) == before  # earlier output and index unchanged, no temporaries
-    bigger = write_docs("bigger", [real_texts[i] + " " + real_texts[j] for i in range(100)
-                                   for j in range(i + 1, 100)])
-    msg = one_line_error(cli(bigger, out, "--index", index))
-    assert f"no space left on the device writing {out}" in msg  # not even the output fitted
-    assert snapshot(small_disk) == before
 
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     msg = one_line_error(cli(src, small_disk / "o2.parquet", "--index", index))
@@ -505,23 +510,37 @@ def test_full_disk_and_read_only_index(real_texts, write_docs, small_disk):
     assert snapshot(small_disk) == before
 
 
-def test_graph_snapshots_copy_committed_state_and_refuse_pickles(real_texts, write_docs,
-                                                                 tmp_path):
-    """What the per-day asset does: a day's index starts as a copy of the day before's."""
-    cfg = DedupConfig(index_path=str(tmp_path / "index" / "2026-03-01"))
-    day1 = write_docs("day1", real_texts[:20])
-    dedup_documents(day1, tmp_path / "d1.parquet", tmp_path / "d1.r.parquet", cfg)
-    day2 = tmp_path / "index" / "2026-03-02"
-    dd.start_index_from(tmp_path / "index" / "2026-03-01", day2)
-    assert index_state(day2) == index_state(tmp_path / "index" / "2026-03-01")
-    assert not (day2 / "lock").exists() and not leftovers(tmp_path)
-    s = dedup_documents(write_docs("day2", real_texts[:25]), tmp_path / "d2.parquet",
-                        tmp_path / "d2.r.parquet", cfg.model_copy(update={"index_path": str(day2)}))
-    assert (s.index_documents_before, s.kept_documents) == (20, 5)
-    dd.start_index_from(None, day2)
-    assert not day2.exists()
+def test_graph_stage_writes_one_segment_per_day(real_texts, write_docs, tmp_path):
+    """What the per-day asset does (``stages._run_dedup``): day D is deduplicated against the
+    segments of the days before it, and writes only ``<index>/<D>/``; a day run again after a
+    later one gives the same result and leaves the later day's segment as it was."""
+    from lmforge.curate.parallel import ParallelConfig
+    from lmforge.curate.stages import CURATION_STAGES, StageRun
+
+    stage = next(s for s in CURATION_STAGES if s.command == "dedup")
+    assert stage.depends_on_previous_day
+    index = tmp_path / "index"
+    days = {"2026-03-01": real_texts[:20], "2026-03-02": real_texts[10:30],
+            "2026-03-03": real_texts[25:40]}
+
+    def run(day: str):
+        src = write_docs(day, [{"id": f"{day}-{i}", "url": "", "text": t}
+                               for i, t in enumerate(days[day])])
+        out = tmp_path / "docs" / f"{day}.parquet"
+        return stage(StageRun(input=Path(src), output=out, removed=tmp_path / "docs" /
+                              f"{day}.removed.parquet", config=DedupConfig(), day=day,
+                              state_dir=index, parallel=ParallelConfig()))
+
+    kept = [run(day).kept_documents for day in days]
+    assert kept == [20, 10, 10]  # day 3: 25-29 were kept on day 2
+    assert sorted(p.name for p in index.iterdir() if not p.name.startswith(".")) == list(days)
+    state = index_state(index)
+    again = run("2026-03-02")
+    assert again.kept_documents == 10 and again.index_documents_before == 20
+    assert again.extra_metadata["deduplicated_against"] == "20 documents kept on earlier days"
+    assert index_state(index) == state and not leftovers(tmp_path)
     marker = tmp_path / "pwned"
-    _plant(tmp_path / "index" / "2026-02-28.pkl", marker)
+    _plant(index / "2026-02-28.pkl", marker)
     with pytest.raises(LmforgeError, match="old pickle format"):
-        dd.start_index_from(tmp_path / "index" / "2026-02-28.pkl", day2)
-    assert not marker.exists() and not day2.exists()
+        run("2026-03-02")
+    assert not marker.exists()

@@ -191,6 +191,33 @@ def test_thresholds_and_keep_fraction(trained, gsm8k, tmp_path):
                         QualityConfig(threshold=1.5))
 
 
+def test_keep_fraction_over_a_day_of_parts_is_the_one_pass_result(trained, gsm8k, tmp_path):
+    """Shards score their own parts, yet the day keeps the top fraction of the whole day: the
+    threshold comes from a first pass over every part, on one process or two."""
+    from lmforge.curate.parallel import ParallelConfig
+    from lmforge.io import parquet_files, read_parquet_rows, removed_files
+
+    prose = [q.qa_text(r["question"], r["answer"]) for r in gsm8k[720:740]]
+    docs = doc_rows("d", prose + pydoc_chunks(UNSEEN_MODULES)[:10] + junk(10, seed=6))
+    src = tmp_path / "parts"
+    for i in range(3):
+        write_parquet(src / f"p{i}.parquet", docs[i::3])
+    one = tmp_path / "one.parquet"
+    expected = score_documents(src, one, tmp_path / "one.removed.parquet", trained["dir"],
+                               QualityConfig(keep_fraction=0.3))
+    kept_one = sorted(r["id"] for r in rows(one))
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        stats = q.score_sharded(src, out, None, trained["dir"], QualityConfig(keep_fraction=0.3),
+                                ParallelConfig(workers=workers))
+        assert len(parquet_files(out)) == 3
+        assert sorted(r["id"] for r in read_parquet_rows(out)) == kept_one
+        assert len([r for f in removed_files(out) for r in read_parquet_rows(f)]) == \
+            len(docs) - len(kept_one)
+        assert stats.threshold == expected.threshold
+        assert stats.to_metadata()["score_deciles"] == expected.to_metadata()["score_deciles"]
+
+
 def test_default_positives_are_gsm8k_train_only(monkeypatch, tmp_path):
     (path,) = q.default_positives()
     assert path.endswith("gsm8k/train.jsonl")

@@ -57,7 +57,9 @@ def test_a_failed_asset_keeps_the_last_good_output_and_its_retry_succeeds(tmp_pa
 
     # The upstream output is damaged: the engine call fails, and nothing of the last good
     # materialization is lost or mixed with a half-written one.
-    upstream = art / "extracted_documents" / "documents" / f"{DAY}.parquet"
+    from lmforge.io import parquet_files
+
+    upstream = parquet_files(art / "extracted_documents" / "documents" / DAY)[0]
     saved = tmp_path / "saved.parquet"
     shutil.copyfile(upstream, saved)
     upstream.write_bytes(b"PAR1 not parquet any more")
@@ -66,8 +68,9 @@ def test_a_failed_asset_keeps_the_last_good_output_and_its_retry_succeeds(tmp_pa
     assert _tree(filtered) == good_filtered
     assert not _leftovers(art)
 
-    # What a run killed in the middle of writing would have left beside the output.
-    stale = art / "filtered_documents" / "documents" / f".{DAY}.parquet.lmforge-{_dead_host()}.tmp"
+    # What a run killed in the middle of writing a part would have left beside the day's parts.
+    stale = art / "filtered_documents" / "documents" / DAY / \
+        f".part-00000.parquet.lmforge-{_dead_host()}.tmp"
     stale.mkdir()
     (stale / "half").write_bytes(b"x" * 1000)
 

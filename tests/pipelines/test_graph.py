@@ -132,30 +132,39 @@ def test_a_new_day_is_deduplicated_against_earlier_days(instance_dirs):
     """Nightly curation: day 2 takes day 1's WARC files as an existing-WARC source, so its
     documents are all duplicates of day 1's (found through the persistent index), and
     materializing day 2 again gives the same result."""
-    import pyarrow.parquet as pq
-
+    from lmforge.io import count_rows, read_parquet_rows, removed_files
     from pipelines.definitions import defs
+
+    def rows(path, column):
+        return [r[column] for r in read_parquet_rows(path, [column])]
 
     _run(defs, "curation", "2026-03-01", {"crawled_pages": {"max_pages": 30, "max_depth": 1}})
     day1_warcs = instance_dirs / "artifacts" / "tiny" / "crawled_pages" / "2026-03-01"
     small = {"crawled_pages": {"warc_sources": [str(day1_warcs)]}}
     _run(defs, "curation", "2026-03-02", small)
     dedup = instance_dirs / "artifacts" / "tiny" / "deduplicated_documents"
-    day1 = pq.read_table(dedup / "documents" / "2026-03-01.parquet").column("id").to_pylist()
-    day2_in = pq.read_table(instance_dirs / "artifacts" / "tiny" / "quality_filtered_documents" /
-                            "documents" / "2026-03-02.parquet").num_rows
-    removed = pq.read_table(dedup / "documents" / "2026-03-02.removed.parquet").to_pylist()
+    day1_dir, day2_dir = dedup / "documents" / "2026-03-01", dedup / "documents" / "2026-03-02"
+    day1 = rows(day1_dir, "id")
+    day2_in = count_rows(instance_dirs / "artifacts" / "tiny" / "quality_filtered_documents" /
+                         "documents" / "2026-03-02")
+    removed = [r for f in removed_files(day2_dir) for r in read_parquet_rows(f)]
     assert day1 and day2_in
     # Day 2 holds the same pages; only a page day 1's quality filter dropped (the classifier is
     # retrained each day) may be new. Nothing day 1 kept is kept again.
     assert len(removed) >= 0.8 * day2_in, "day 2 repeats day 1 but was not found duplicate"
-    day1_texts = set(pq.read_table(dedup / "documents" / "2026-03-01.parquet").column("text").to_pylist())
-    day2_kept = pq.read_table(dedup / "documents" / "2026-03-02.parquet").column("text").to_pylist()
+    day1_texts = set(rows(day1_dir, "text"))
+    day2_kept = rows(day2_dir, "text")
     assert not day1_texts & set(day2_kept)
     assert {r["duplicate_of"] for r in removed} <= set(day1)
-    kept_before = pq.read_table(dedup / "documents" / "2026-03-02.parquet").num_rows
-    _run(defs, "curation", "2026-03-02", small)  # again: starts from day 1's index, same result
-    assert pq.read_table(dedup / "documents" / "2026-03-02.parquet").num_rows == kept_before
-    # One index directory per day (Parquet, .npy and JSON: no pickle), and nothing else.
-    assert sorted(p.name for p in (dedup / "index").iterdir()) == ["2026-03-01", "2026-03-02"]
-    assert (dedup / "index" / "2026-03-02" / "manifest.json").is_file()
+    kept_before = count_rows(day2_dir)
+    _run(defs, "curation", "2026-03-02", small)  # again: against day 1's segment, same result
+    assert count_rows(day2_dir) == kept_before
+    # One index segment per day (Parquet, .npy and JSON: no pickle), and nothing else beside
+    # the index's own hidden marker and lock (no temporary left behind).
+    index = dedup / "index"
+    names = sorted(p.name for p in index.iterdir())
+    assert [n for n in names if not n.startswith(".")] == ["2026-03-01", "2026-03-02"]
+    assert {n for n in names if n.startswith(".")} <= {".lmforge-output", ".lock"}
+    assert (index / "2026-03-02" / "manifest.json").is_file()
+    assert {p.suffix for p in (index / "2026-03-02").iterdir() if p.name != ".lmforge-output"} \
+        <= {".parquet", ".npy", ".json"}
