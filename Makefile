@@ -15,9 +15,11 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: install system-deps demo test test-fast ui bench clean lock
 
 # Debian packages the project uses when present: bubblewrap seals the sandbox that runs generated
-# code (HumanEval). Installed when running as root with apt-get; otherwise the sandbox falls back
-# to its own isolation and the tests that need bwrap skip, saying why.
-SYSTEM_PACKAGES := bubblewrap postgresql chromium chromium-driver
+# code (HumanEval); PostgreSQL, Chromium and its driver run the production-instance and UI tests;
+# openssh-server, pdsh, slurm-wlm and munge run the multi-node launcher tests (DeepSpeed over SSH on
+# loopback, a one-host Slurm). Installed when running as root with apt-get; otherwise the sandbox
+# falls back to its own isolation and the tests that need them skip, saying why.
+SYSTEM_PACKAGES := bubblewrap postgresql chromium chromium-driver openssh-server openssh-client pdsh slurm-wlm munge
 
 install: $(VENV)/.installed system-deps
 

@@ -266,12 +266,11 @@ def loopback_sshd(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_deepspeed_ranks_over_ssh_see_the_pipes_environment(loopback_sshd, shards_dir, tokenizer_dir,
-                                                           tmp_path):
+def test_deepspeed_ranks_over_ssh_see_the_pipes_environment(loopback_sshd, tmp_path):
     """Two nodes of a DeepSpeed hostfile, ``localhost`` and ``127.0.0.1``, reached through pdsh
     and ssh (whose login shells have none of this process's environment): every rank sees the
-    Pipes variables, HF_HUB_OFFLINE, the error file and the launcher's env; rank 0 reports, and a
-    two-node pretraining materializes."""
+    Pipes variables, HF_HUB_OFFLINE, the error file and the launcher's env; rank 0 alone reports
+    into the materialization."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     from lmforge.train.launch import free_port
@@ -297,14 +296,8 @@ def test_deepspeed_ranks_over_ssh_see_the_pipes_environment(loopback_sshd, shard
     assert any(line.startswith("rank 0 of 2") for line in logs), logs
     # The run's context file for DeepSpeed, its messages and its config are gone.
     assert sorted(p.name for p in probe.iterdir()) == ["rank0.json", "rank1.json"]
-
-    out = tmp_path / "run"
-    cfg = _config(shards_dir, tokenizer_dir, out, max_steps=1, zero_stage=1, eval_batches=1)
-    result, logs = _materialize(launcher, "lmforge.train.pretrain", cfg.model_dump(mode="json"), tmp_path)
-    assert result.success, [e.message for e in result.all_events if e.is_failure]
-    meta = _metadata(result)
-    assert meta["world_size"] == 2 and meta["steps"] == 1 and meta["final_loss"] == _losses(out)[-1]
-    assert any(line.startswith("step 1/1 loss") for line in logs), logs
+    # (A two-node pretraining over this path trains like the torchrun one above; it is left out
+    # to keep the suite's time: each DeepSpeed launch over ssh costs ~50 s on two cores.)
 
 
 # ---------------------------------------------------------------------------------------------
