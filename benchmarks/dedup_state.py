@@ -34,36 +34,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dedup_speed import edit, load_gsm8k  # noqa: E402  (the same documents as that benchmark)
 from lmforge.io import write_parquet  # noqa: E402
 
-FILLER = ("apple", "river", "seven", "quickly", "blue", "indeed", "market", "then", "also", "paper")
 OLD_REF = "2b09a74"  # the last commit with the single-process dedup (one pickled-then-Parquet index)
-
-
-def load_gsm8k() -> list[str]:
-    from lmforge.benchmarks import DataUnavailable, get
-    from lmforge.benchmarks.gsm8k.reader import strip_calculator
-
-    try:
-        rows = get("gsm8k").items("train")
-    except DataUnavailable as e:
-        sys.exit(f"no GSM8K mirror ({e}): set LMFORGE_BENCHMARKS_DIR to the directory holding gsm8k/")
-    return [r["question"] + "\n" + strip_calculator(r["answer"]) for r in rows]
-
-
-def edit(text: str, n: int, rng: random.Random) -> str:
-    words = text.split()
-    for _ in range(n):
-        i = rng.randrange(len(words))
-        op = rng.random()
-        if op < 0.4:
-            words[i] = rng.choice(FILLER)
-        elif op < 0.7 and len(words) > 10:
-            del words[i]
-        else:
-            words.insert(i, rng.choice(FILLER))
-    return " ".join(words)
 
 
 def make_days(gsm: list[str], total: int, days: int, seed: int) -> list[list[str]]:

@@ -26,24 +26,10 @@ from lmforge.curate.dedup_lsh import banding
 from lmforge.curate.parallel import ParallelConfig
 from lmforge.curate.text import normalize, shingle_hashes
 from lmforge.errors import LmforgeError
+from tests.curate.test_dedup import edit
 from lmforge.io import read_parquet_rows, write_parquet
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def edit(text: str, n_edits: int, seed: int) -> str:
-    rng = random.Random(seed)
-    words = text.split()
-    for _ in range(n_edits):
-        i = rng.randrange(len(words))
-        op = rng.choice(("sub", "del", "ins"))
-        if op == "sub":
-            words[i] = rng.choice(("apple", "river", "seven", "quickly", "blue"))
-        elif op == "del":
-            del words[i]
-        else:
-            words.insert(i, rng.choice(("indeed", "also", "then")))
-    return " ".join(words)
 
 
 def corpus(texts: list[str]) -> list[list[str]]:

@@ -22,6 +22,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from resources import TrainingLauncher
+from tests.train.run_worker import TrainingRun, alive, processes_with
 from tests.train.test_distributed import STEPS, TOLERANCE, _config, _losses, single_process_run  # noqa: F401
 
 
@@ -150,14 +151,6 @@ time.sleep(120)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_local_job_ends_every_process_it_started(tmp_path):
     """Cancelled (the step interrupted), a job ends its agents and the ranks they started in
     sessions of their own; one failing agent ends the others (they would wait for it)."""
@@ -172,16 +165,16 @@ def test_a_local_job_ends_every_process_it_started(tmp_path):
         time.sleep(0.1)
     ranks = [int(p.read_text()) for p in pid_files]
     agents = [p.pid for p in job.procs]
-    assert job.poll() is None and all(map(_alive, ranks + agents))
+    assert job.poll() is None and all(map(alive, ranks + agents))
     job.cancel(grace=2)  # the agents do not pass SIGTERM on: their ranks get SIGKILL after 2 s
-    assert not any(map(_alive, ranks + agents))
+    assert not any(map(alive, ranks + agents))
 
     job = LocalJob([[sys.executable, "-c", "import time; time.sleep(120)"],
                     [sys.executable, "-c", "import sys; sys.exit(3)"]], os.environ)
     deadline = time.time() + 30
     while (code := job.poll()) is None and time.time() < deadline:
         time.sleep(0.1)
-    assert code == 3 and not _alive(job.procs[0].pid)
+    assert code == 3 and not alive(job.procs[0].pid)
 
 
 @pytest.mark.slow
@@ -303,81 +296,25 @@ def test_deepspeed_ranks_over_ssh_see_the_pipes_environment(loopback_sshd, tmp_p
 # ---------------------------------------------------------------------------------------------
 # an interrupted step ends what it started
 
-# Materializes one asset training through the given launcher settings in a process of its own
-# (a run worker), on the instance in $DAGSTER_HOME.
-RUN_WORKER = """
-import json, sys
-from pathlib import Path
-import dagster as dg
-from resources import TrainingLauncher
-
-cfg, where, settings = json.loads(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-
-@dg.asset
-def trained(context, launcher: TrainingLauncher):
-    return launcher.run(context, "lmforge.train.pretrain", cfg, where / "config.json")
-
-result = dg.materialize([trained], resources={"launcher": TrainingLauncher(**settings)},
-                        instance=dg.DagsterInstance.get(), raise_on_error=False)
-print(json.dumps({"run_id": result.run_id, "success": result.success}), flush=True)
-"""
-
-
-def _processes_with(text: str) -> list[int]:
-    """Pids of this machine's processes whose command line mentions ``text``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(proc.name))
-    return pids
-
-
 @pytest.mark.slow
 def test_interrupting_the_step_ends_both_agents_and_their_ranks(shards_dir, tokenizer_dir, tmp_path):
     """The run worker gets SIGINT, as Dagster's run termination sends it: the launcher ends the
     two torchrun agents' process groups and the ranks, which torchrun starts in sessions of their
     own."""
-    from dagster._core.instance.ref import InstanceRef
-
-    home = tmp_path / "dagster_home"
-    home.mkdir()
     cfg = _config(shards_dir, tokenizer_dir, tmp_path / "run", max_steps=100_000, warmup_steps=1)
     settings = {"launcher": "torchrun", "nnodes": 2, "env": {"DS_ACCELERATOR": "cpu"},
                 "terminate_timeout_s": 10}
-    worker = subprocess.Popen(
-        [sys.executable, "-c", RUN_WORKER, cfg.model_dump_json(), str(tmp_path), json.dumps(settings)],
-        cwd=Path(__file__).resolve().parents[2], env={**os.environ, "DAGSTER_HOME": str(home)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = TrainingRun(cfg.model_dump_json(), tmp_path, settings)
     try:
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-        deadline, logs, run_id = time.monotonic() + 240, [], None
-        while time.monotonic() < deadline and worker.poll() is None:
-            runs = instance.get_runs()
-            if runs:
-                run_id = runs[0].run_id
-                logs = [e.user_message for e in instance.all_logs(run_id)]
-                if any(line.startswith("step 2/") for line in logs):  # training, streaming
-                    break
-            time.sleep(1)
-        assert worker.poll() is None, worker.communicate()
-        assert any(line.startswith("step 2/") for line in logs), logs[-20:]
-        started = _processes_with(str(tmp_path / "config."))
+        run.wait_training()
+        started = processes_with(str(tmp_path / "config."))
         assert len(started) >= 4, "expected two agents and two ranks"  # + their helper processes
-        worker.send_signal(signal.SIGINT)
-        out, err = worker.communicate(timeout=120)
+        result = run.interrupt()
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert json.loads(out.strip().splitlines()[-1])["success"] is False, (out, err[-3000:])
-    assert any(line.startswith("ending the training processes") for line in
-               (e.user_message for e in instance.all_logs(run_id)))
+        run.close()
+    assert result["success"] is False, result["stderr"][-3000:]
+    assert any(line.startswith("ending the training processes") for line in run.logs())
     deadline = time.monotonic() + 30
-    while _processes_with(str(tmp_path / "config.")) and time.monotonic() < deadline:
+    while processes_with(str(tmp_path / "config.")) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _processes_with(str(tmp_path / "config.")), "a training process outlived the step"
+    assert not processes_with(str(tmp_path / "config.")), "a training process outlived the step"

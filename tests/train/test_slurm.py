@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from lmforge.errors import LmforgeError
 from lmforge.train import slurm
 from lmforge.train.telemetry import WATCH_PID_ENV
 from resources import TrainingLauncher
+from tests.train.run_worker import TrainingRun, alive, processes_with
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 # Prints its argv and chosen variables, then counts: the lines a progress log would have.
@@ -51,14 +51,6 @@ def _wait(job: slurm.SlurmJob, timeout: float = 90) -> tuple[int, list[str]]:
         time.sleep(0.2)
     job.cancel()
     raise AssertionError(f"job {job.id} did not end in {timeout} s; log: {lines}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _submit(tmp_path: Path, *, steps: int, pause: float, code: int, extra_argv=(),
@@ -176,13 +168,13 @@ def test_cancel_ends_the_job_and_its_processes(slurm_cluster, tmp_path):
         lines += job.read_new_log_lines()
         time.sleep(0.2)
     pid = int((tmp_path / "pid").read_text())
-    assert _alive(pid)
+    assert alive(pid)
     job.cancel()
     code, _ = _wait(job)
     assert code == 128 + 15 and job.state == "CANCELLED"
     assert slurm_cluster.job_fields(job.id)["JobState"] == "CANCELLED"
     assert job.id not in slurm_cluster.queue()
-    assert not _alive(pid), "the job's process outlived its cancellation"
+    assert not alive(pid), "the job's process outlived its cancellation"
     job.cancel()  # again: nothing to do
 
 
@@ -261,68 +253,26 @@ def _pieces(texts: list[str]) -> set[str]:
     return {p for t in texts for p in t.replace("\r", "\n").split("\n") if p.strip()}
 
 
-# Materializes one asset that trains through the Slurm launcher, in a process of its own (a run
-# worker), on the instance in $DAGSTER_HOME.
-RUN_WORKER = textwrap.dedent("""
-    import json, sys
-    from pathlib import Path
-    import dagster as dg
-    from resources import TrainingLauncher
-
-    cfg, where, settings = json.loads(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-
-    @dg.asset
-    def trained(context, launcher: TrainingLauncher):
-        return launcher.run(context, "lmforge.train.pretrain", cfg, where / "config.json")
-
-    result = dg.materialize([trained], resources={"launcher": TrainingLauncher(**settings)},
-                            instance=dg.DagsterInstance.get(), raise_on_error=False)
-    print(json.dumps({"run_id": result.run_id, "success": result.success}), flush=True)
-""")
-
-
 @pytest.mark.slow
 def test_terminating_the_dagster_run_cancels_the_slurm_job(slurm_cluster, shards_dir,
                                                             tokenizer_dir, tmp_path):
     """The run worker gets SIGINT, as Dagster's run termination sends it: the step is
     interrupted, the launcher cancels the job, and its processes end on the node."""
-    from dagster._core.instance.ref import InstanceRef
-
-    home = tmp_path / "dagster_home"
-    home.mkdir()
     cfg = _pretrain_config(shards_dir, tokenizer_dir, tmp_path / "run", steps=100_000)
-    repo = Path(__file__).resolve().parents[2]
-    worker = subprocess.Popen(
-        [sys.executable, "-c", RUN_WORKER, json.dumps(cfg), str(tmp_path),
-         json.dumps(_launcher_settings())],
-        cwd=repo, env={**os.environ, "DAGSTER_HOME": str(home)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    run = TrainingRun(json.dumps(cfg), tmp_path, _launcher_settings())
     try:
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-        deadline, logs, run_id = time.monotonic() + 240, [], None
-        while time.monotonic() < deadline and worker.poll() is None:
-            runs = instance.get_runs()
-            if runs:
-                run_id = runs[0].run_id
-                logs = [e.user_message for e in instance.all_logs(run_id)]
-                if any(line.startswith("step 2/") for line in logs):  # training, streaming
-                    break
-            time.sleep(1)
-        assert worker.poll() is None, worker.communicate()
-        assert run_id and any(line.startswith("step 2/") for line in logs), logs[-20:]
+        logs = run.wait_training()
         (launched,) = [line for line in logs if line.startswith("launched (slurm ")]
         job_id = launched.split()[2].rstrip("):")
         assert slurm_cluster.job_fields(job_id)["JobState"] == "RUNNING"
-        ranks = _processes_with(str(tmp_path / "config."))
+        ranks = processes_with(str(tmp_path / "config."))
         # on each node: bash -c, the torchrun agent and its rank
         assert len(ranks) >= 6, "the training processes were not found"
-        worker.send_signal(signal.SIGINT)
-        out, err = worker.communicate(timeout=120)
+        result = run.interrupt()
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert json.loads(out.strip().splitlines()[-1])["success"] is False, (out, err[-3000:])
+        run.close()
+    assert result["success"] is False, result["stderr"][-3000:]
+    instance, run_id = run.instance, run.run_id
     run = instance.get_run_by_id(run_id)
     # In-process execution reports the interrupted step as failed (a deployment's run
     # termination marks the run CANCELED; either way the step was interrupted, not crashed).
@@ -337,18 +287,6 @@ def test_terminating_the_dagster_run_cancels_the_slurm_job(slurm_cluster, shards
         time.sleep(0.5)
     assert slurm_cluster.job_fields(job_id)["JobState"] == "CANCELLED"
     assert job_id not in slurm_cluster.queue()
-    assert not [p for p in ranks if _alive(p)], "a training process outlived the cancelled job"
+    assert not [p for p in ranks if alive(p)], "a training process outlived the cancelled job"
 
 
-def _processes_with(text: str) -> list[int]:
-    """Pids of this machine's processes whose command line mentions ``text``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and proc.name != str(os.getpid()):
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(proc.name))
-    return pids
