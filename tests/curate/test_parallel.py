@@ -398,7 +398,7 @@ def ray_cluster():
                 continue
         for p in procs:
             try:
-                p.wait(timeout=60)
+                p.wait(timeout=10)  # a node that has not stopped by then is killed
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
