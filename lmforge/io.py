@@ -496,3 +496,14 @@ def release_dir_lock(path: str | os.PathLike) -> None:
     fd = _HELD_LOCKS.pop(str(Path(path).resolve()), None)
     if fd is not None:
         os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lmforge.errors import LmforgeError
-from lmforge.io import atomic_path, write_json
+from lmforge.io import atomic_path, sha256_file, write_json
 
 MANIFEST = "_store_manifest.json"
 # Inside the cache: which root it mirrors, and the manifest of every unit as last synced.
@@ -70,14 +70,6 @@ def default_cache(root: str) -> Path:
         return Path(os.environ["LMFORGE_CACHE"]).expanduser().resolve()
     digest = hashlib.sha256(root.rstrip("/").encode()).hexdigest()[:16]
     return Path("~/.cache/lmforge").expanduser().resolve() / digest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _skipped(parts: tuple[str, ...]) -> bool:

@@ -63,11 +63,11 @@ from urllib.parse import unquote, urlsplit
 
 from lmforge.crawl.warc_io import warc_files
 from lmforge.errors import LmforgeError
-from lmforge.io import atomic_path, claim_output_dir, temp_name_prefix
+from lmforge.io import atomic_path, claim_output_dir, sha256_file, temp_name_prefix
 # The download and validation steps; ImportFailure and scan_warc stay importable from here.
 from lmforge.crawl.warc_download import (CHUNK, USER_AGENT, ImportFailure,  # noqa: F401
                                          _copy_capped, _download, _head_size)
-from lmforge.crawl.warc_validate import _GZIP_MAGIC, WarcScan, _sha256, _temp_beside, _validated, scan_warc  # noqa: F401
+from lmforge.crawl.warc_validate import _GZIP_MAGIC, WarcScan, _temp_beside, _validated, scan_warc  # noqa: F401
 
 MANIFEST_FILE = "imports.jsonl"
 FAILURES_FILE = "import_failures.jsonl"
@@ -236,7 +236,7 @@ def _import_one(src: _Source, out: Path, name: str, *, timeout_s: float, max_byt
         ready, scan, truncated = _validated(raw, capped, max_bytes)
         entry = _entry(src, ready, scan, truncated=truncated, name=final.name)
         if final.is_file():
-            if _sha256(final) == entry["sha256"]:  # the same bytes (a plain WARC recompressed)
+            if sha256_file(final) == entry["sha256"]:  # the same bytes (a plain WARC recompressed)
                 return _Imported(final, entry, copied=False)
             final = out / _disambiguated(name, src.key)
             entry["file"] = final.name
@@ -252,7 +252,7 @@ def _entry(src: _Source, path: Path, scan: WarcScan, *, truncated: bool,
            name: str | None = None) -> dict[str, Any]:
     return {
         "source": src.key, "file": name or path.name, "bytes": path.stat().st_size,
-        "sha256": _sha256(path), "records": len(scan.offsets),
+        "sha256": sha256_file(path), "records": len(scan.offsets),
         "responses": sum(scan.responses), "truncated": truncated,
         "imported_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import zlib
@@ -143,9 +142,3 @@ def _gzip_records(src: Path, dst: Path, offsets: list[int], end: int) -> None:
                     left -= len(chunk)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()

@@ -190,64 +190,6 @@ def _progress(desc: str):
     return report
 
 
-@dataclass
-class _Decisions:
-    reason: np.ndarray  # per document of the day: 0 kept, 1 exact duplicate, 2 near duplicate
-    duplicate_of: np.ndarray  # global key of the kept document it repeats, or -1
-    similarity: np.ndarray
-    clusters: list[list[int]]
-
-
-def decide(first_new: int, first: np.ndarray, holder: np.ndarray, has_shingles: np.ndarray,
-           pairs: np.ndarray, sims: np.ndarray, cfg: DedupConfig) -> _Decisions:
-    """Keep-first over the verified pairs, in (day, order): what visiting the documents one by
-    one with an LSH of the kept ones decides.
-
-    ``first[t]`` is the first document of the day with t's normalized text, ``holder[t]`` the
-    earliest kept document of an earlier day with it (or -1). Only the first of each text takes
-    part in the buckets: a later copy has its signature, hence its candidates (and the first
-    itself, at similarity 1), and is never kept, so pairs with it would change nothing. Only
-    documents in a cluster or with a copy before them can be removed; the others are kept
-    without a look."""
-    import numpy as np
-
-    from lmforge.curate.dedup_lsh import UnionFind
-
-    n = len(first)
-    reason = np.zeros(n, np.int8)
-    dup = np.full(n, -1, np.int64)
-    sim = np.zeros(n, np.float64)
-    uf = UnionFind()
-    neighbours: dict[int, list[tuple[int, float]]] = {}
-    for (x, y), s in zip(pairs.tolist(), sims.tolist()):
-        uf.union(x, y)
-        neighbours.setdefault(y - first_new, []).append((x, s))
-        if x >= first_new:
-            neighbours.setdefault(x - first_new, []).append((y, s))
-    todo = set(np.flatnonzero(first != np.arange(n)).tolist()) | set(neighbours)
-    if cfg.exact:
-        todo |= set(np.flatnonzero(holder >= 0).tolist())
-    for t in sorted(todo):
-        f, me = int(first[t]), first_new + t
-        if cfg.exact and holder[t] >= 0:
-            reason[t], dup[t], sim[t] = 1, holder[t], 1.0
-        elif cfg.exact and f != t and reason[f] == 0:
-            reason[t], dup[t], sim[t] = 1, first_new + f, 1.0
-        elif has_shingles[t]:
-            best, best_sim = -1, -1.0
-            options = neighbours.get(f, [])
-            if f != t:
-                options = [*options, (first_new + f, 1.0)]
-            for x, s in options:
-                if x >= me or (x >= first_new and reason[x - first_new] != 0):
-                    continue  # later, or not kept: not in the LSH when t is visited
-                if s > best_sim or (s == best_sim and x < best):
-                    best, best_sim = x, s
-            if best >= 0:
-                reason[t], dup[t], sim[t] = 2, best, best_sim
-    return _Decisions(reason, dup, sim, uf.clusters())
-
-
 def _ids_of(keys: list[int], first_new: int, ids: list[str], refs) -> dict[int, str]:
     """Ids of documents by global key: the day's, or read from the earlier segments' ids."""
     from lmforge.curate.dedup_index import Segment
@@ -350,6 +292,7 @@ def dedup_documents(in_path, out_path, removed_path=None, cfg: DedupConfig | Non
     from lmforge.curate.dedup_lsh import banding
     from lmforge.curate.dedup_tasks import (MatchTask, Settings, SignTask, WriteTask,
                                             match_partition, sign_shard, write_shard)
+    from lmforge.curate.dedup_lsh import decide
     from lmforge.curate.parallel import ParallelConfig, parallel_session, run_tasks
     from lmforge.curate.text import extend_schema, input_schema
     from lmforge.io import atomic_path, check_output, removed_path_for
@@ -448,7 +391,7 @@ def dedup_documents(in_path, out_path, removed_path=None, cfg: DedupConfig | Non
                 pairs, at = np.unique(pairs, axis=0, return_index=True)
                 sims = sims[at]
             stats.verified_pairs = len(pairs)
-            dec = decide(first_new, first, holder, has, pairs.astype(np.int64), sims, cfg)
+            dec = decide(first_new, first, holder, has, pairs.astype(np.int64), sims, cfg.exact)
             stats.clusters = len(dec.clusters)
             stats.largest_cluster = max((len(c) for c in dec.clusters), default=0)
 

@@ -12,6 +12,7 @@ are exactly datasketch's (tests/curate/test_dedup_sharded.py checks it against `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,3 +126,57 @@ class UnionFind:
         for x in self.parent:
             groups.setdefault(self.find(x), []).append(x)
         return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+@dataclass
+class Decisions:
+    reason: np.ndarray  # per document of the day: 0 kept, 1 exact duplicate, 2 near duplicate
+    duplicate_of: np.ndarray  # global key of the kept document it repeats, or -1
+    similarity: np.ndarray
+    clusters: list[list[int]]
+
+
+def decide(first_new: int, first: np.ndarray, holder: np.ndarray, has_shingles: np.ndarray,
+           pairs: np.ndarray, sims: np.ndarray, exact: bool) -> Decisions:
+    """Keep-first over the verified pairs, in (day, order): what visiting the documents one by
+    one with an LSH of the kept ones decides.
+
+    ``first[t]`` is the first document of the day with t's normalized text, ``holder[t]`` the
+    earliest kept document of an earlier day with it (or -1). Only the first of each text takes
+    part in the buckets: a later copy has its signature, hence its candidates (and the first
+    itself, at similarity 1), and is never kept, so pairs with it would change nothing. Only
+    documents in a cluster or with a copy before them can be removed; the others are kept
+    without a look."""
+    n = len(first)
+    reason = np.zeros(n, np.int8)
+    dup = np.full(n, -1, np.int64)
+    sim = np.zeros(n, np.float64)
+    uf = UnionFind()
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for (x, y), s in zip(pairs.tolist(), sims.tolist()):
+        uf.union(x, y)
+        neighbours.setdefault(y - first_new, []).append((x, s))
+        if x >= first_new:
+            neighbours.setdefault(x - first_new, []).append((y, s))
+    todo = set(np.flatnonzero(first != np.arange(n)).tolist()) | set(neighbours)
+    if exact:
+        todo |= set(np.flatnonzero(holder >= 0).tolist())
+    for t in sorted(todo):
+        f, me = int(first[t]), first_new + t
+        if exact and holder[t] >= 0:
+            reason[t], dup[t], sim[t] = 1, holder[t], 1.0
+        elif exact and f != t and reason[f] == 0:
+            reason[t], dup[t], sim[t] = 1, first_new + f, 1.0
+        elif has_shingles[t]:
+            best, best_sim = -1, -1.0
+            options = neighbours.get(f, [])
+            if f != t:
+                options = [*options, (first_new + f, 1.0)]
+            for x, s in options:
+                if x >= me or (x >= first_new and reason[x - first_new] != 0):
+                    continue  # later, or not kept: not in the LSH when t is visited
+                if s > best_sim or (s == best_sim and x < best):
+                    best, best_sim = x, s
+            if best >= 0:
+                reason[t], dup[t], sim[t] = 2, best, best_sim
+    return Decisions(reason, dup, sim, uf.clusters())

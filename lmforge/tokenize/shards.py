@@ -63,7 +63,7 @@ from pydantic import BaseModel, Field
 from lmforge.config import add_config_arguments, config_from_args
 from lmforge.curate.text import InputError, MissingInputError, input_schema
 from lmforge.errors import LmforgeError
-from lmforge.io import atomic_path, check_output, parquet_files
+from lmforge.io import atomic_path, check_output, parquet_files, sha256_file
 from lmforge.tokenize.bpe import EOS_TOKEN, error_line, heldout_ids
 from lmforge.tokenize.corpus import corpus_days, input_fingerprint
 
@@ -120,14 +120,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     import numpy as np
 
     return np.dtype(np.uint16) if vocab_size < 2**16 else np.dtype(np.uint32)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_fast_tokenizer(tokenizer_dir: Path):
@@ -234,7 +226,7 @@ def tokenize_documents(docs_path: str | os.PathLike, tokenizer_dir: str | os.Pat
         if docs["train"] + docs["val"] == 0 and not allow_empty:
             raise InputError(f"{docs_path}: no document with non-empty text")
         seconds = time.perf_counter() - t0
-        tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
+        tokenizer_hash = sha256_file(tokenizer_dir / "tokenizer.json")
         for split in SPLITS:
             (tmp / f"{split}.json").write_text(json.dumps({
                 "dtype": dtype.name, "num_tokens": tokens[split], "num_documents": docs[split],
@@ -294,7 +286,7 @@ def tokenize_days(corpus: str | os.PathLike, tokenizer_dir: str | os.PathLike,
         raise MissingInputError(f"{corpus}: no curated day to tokenize")
     tokenizer_dir = Path(tokenizer_dir).resolve()
     _, eos_id = _load_fast_tokenizer(tokenizer_dir)
-    tokenizer_hash = _sha256(tokenizer_dir / "tokenizer.json")
+    tokenizer_hash = sha256_file(tokenizer_dir / "tokenizer.json")
     root = Path(days_dir).resolve() / tokenizer_hash[:16]
     t0 = time.perf_counter()
     entries, sets = [], []
